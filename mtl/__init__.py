@@ -1,0 +1,1 @@
+"""Two-stage transfer: stage-1 source modules and stage-2 transfer methods (installed as ``plmkit.mtl``)."""
