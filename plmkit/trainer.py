@@ -1,0 +1,503 @@
+"""The one training loop every plmkit method trains through, backed by DeepSpeed.
+
+Why a thin loop over ``deepspeed.initialize`` and not ``transformers.Trainer``: the methods train
+things that are not Hugging Face models (tiny LSTMs), need losses that see teachers and embedding
+queues, and own their evaluation. A ``loss_fn(model, batch) -> loss`` contract serves all of them
+with no subclassing, while DeepSpeed owns what is hard: ZeRO stages 0-3, bf16/fp16, gradient
+accumulation and clipping, and checkpoints that restore exactly. What is left here is the loop:
+rank-aware sampling, evaluation, early stopping, atomic checkpoints, exact resume and progress.
+
+Launch: one process on CPU (gloo) or one GPU needs no launcher; ``deepspeed --num_gpus N`` or
+``torchrun --nproc_per_node N`` run the same code data-parallel.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from plmkit import distributed as dist
+from plmkit.io import atomic_write_json, save_tensors_atomic
+
+logger = logging.getLogger(__name__)
+
+LossFn = Callable[[nn.Module, Any], "torch.Tensor | tuple[torch.Tensor, dict[str, float]]"]
+EvalFn = Callable[[nn.Module], dict[str, float]]
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when the loss becomes NaN or infinite; the last good checkpoint is kept."""
+
+
+class TrainerConfigError(ValueError):
+    """A trainer setting that cannot work, with the fix in the message."""
+
+
+@dataclass
+class TrainerConfig:
+    """Everything the loop needs; each field maps to a CLI flag of the same name."""
+
+    output_dir: str = "runs/train"
+    """Folder for checkpoints, the best weights and the training log."""
+    epochs: int = 3
+    """Passes over the training data (ignored when ``max_steps`` is set)."""
+    max_steps: int | None = None
+    """Stop after this many optimiser steps."""
+    batch_size: int = 32
+    """Micro-batch per process; the global batch is batch_size x grad_accum_steps x processes."""
+    grad_accum_steps: int = 1
+    """Micro-batches accumulated before each optimiser step."""
+    learning_rate: float = 3e-4
+    weight_decay: float = 0.0
+    """AdamW weight decay; never applied to biases and norm weights."""
+    warmup_ratio: float = 0.0
+    """Fraction of the optimiser steps with a linear warm-up; the rest decays linearly to zero."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping by global norm; 0 disables it (DeepSpeed's own default is 1.0)."""
+    precision: str = "fp32"
+    """fp32, bf16, or fp16 (fp16 on GPU only)."""
+    zero_stage: int = 0
+    """DeepSpeed ZeRO stage 0-3."""
+    eval_every_steps: int | None = None
+    """Evaluate (and checkpoint) every k optimiser steps; None evaluates at each epoch's end."""
+    early_stopping_patience: int | None = None
+    """Stop after this many evaluations without improvement of ``metric``."""
+    metric: str | None = None
+    """Evaluation key that selects the best checkpoint; None takes the first key returned."""
+    greater_is_better: bool = True
+    seed: int = 42
+    save_checkpoints: bool = True
+    """Write a resumable checkpoint at every evaluation."""
+    keep_checkpoints: int = 1
+    """How many resumable checkpoints to keep (the newest ones)."""
+    resume: bool = False
+    """Continue from the newest checkpoint in ``output_dir`` when there is one."""
+    load_best_at_end: bool = True
+    """Put the best evaluated weights back into the model when training ends."""
+    log_every_steps: int = 10
+    progress: bool = True
+    """Show a progress bar (main process only)."""
+    num_workers: int = 0
+    """DataLoader worker processes."""
+    cpu_shm_comm: bool = False
+    """Use DeepSpeed's shared-memory all-reduce on CPU (needs a one-off C++ compile)."""
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise TrainerConfigError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise TrainerConfigError(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
+        for name in ("epochs", "batch_size", "grad_accum_steps", "keep_checkpoints", "log_every_steps"):
+            if getattr(self, name) < 1:
+                raise TrainerConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise TrainerConfigError(f"max_steps must be >= 1 or None, got {self.max_steps}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise TrainerConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.max_grad_norm < 0:
+            raise TrainerConfigError("max_grad_norm must be >= 0 (0 disables clipping)")
+
+
+@dataclass
+class TrainResult:
+    global_step: int
+    epochs_completed: float
+    best_metric: float | None
+    best_step: int | None
+    stopped_early: bool
+    train_time_s: float
+    samples_per_s: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def move_to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {key: move_to_device(value, device) for key, value in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(move_to_device(value, device) for value in batch)
+    return batch
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _no_decay(name: str, param: nn.Parameter) -> bool:
+    lowered = name.lower()
+    return param.ndim <= 1 or lowered.endswith("bias") or "norm" in lowered
+
+
+def linear_schedule(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """Linear warm-up to the peak learning rate, then linear decay to zero at ``total_steps``."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return factor
+
+
+class Trainer:
+    """Train ``model`` by minimising ``loss_fn(model, batch)`` over ``train_data``.
+
+    Only parameters with ``requires_grad`` reach the optimiser, so a method freezes what it
+    wants frozen before handing the model over. ``evaluate_fn(model)`` returns a dict of metrics;
+    it runs on every rank (ZeRO-3 needs all ranks in each forward pass) and must give the same
+    numbers everywhere.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        train_data: Sequence[Any],
+        config: TrainerConfig,
+        *,
+        collate_fn: Callable[[list[Any]], Any] | None = None,
+        evaluate_fn: EvalFn | None = None,
+    ) -> None:
+        self.model = model
+        self.loss_fn = loss_fn
+        self.train_data = train_data
+        self.config = config
+        self.collate_fn = collate_fn
+        self.evaluate_fn = evaluate_fn
+        self.output_dir = Path(config.output_dir)
+        self.checkpoint_root = self.output_dir / "checkpoints"
+        self.engine = None
+
+    # ----------------------------------------------------------------- set-up
+    def _check_setup(self, world: int) -> int:
+        cfg = self.config
+        if cfg.precision == "fp16" and not torch.cuda.is_available():
+            raise TrainerConfigError("fp16 needs a GPU; on CPU use --precision bf16 or fp32")
+        if not any(p.requires_grad for p in self.model.parameters()):
+            raise TrainerConfigError("the model has no trainable parameters (nothing requires grad)")
+        global_micro = cfg.batch_size * world
+        micro_per_epoch = len(self.train_data) // global_micro
+        micro_per_epoch -= micro_per_epoch % cfg.grad_accum_steps
+        if micro_per_epoch == 0:
+            raise TrainerConfigError(
+                f"the training set has {len(self.train_data)} examples, fewer than one global batch "
+                f"({cfg.batch_size} x {cfg.grad_accum_steps} accumulation x {world} processes); "
+                "lower --batch_size or --grad_accum_steps, or add data"
+            )
+        return micro_per_epoch
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        decay = [p for n, p in named if not _no_decay(n, p)]
+        no_decay = [p for n, p in named if _no_decay(n, p)]
+        groups = [g for g in ({"params": decay, "weight_decay": self.config.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+        return torch.optim.AdamW(groups, lr=self.config.learning_rate)
+
+    def deepspeed_config(self, world: int) -> dict[str, Any]:
+        cfg = self.config
+        return {
+            "train_micro_batch_size_per_gpu": cfg.batch_size,
+            "gradient_accumulation_steps": cfg.grad_accum_steps,
+            "train_batch_size": cfg.batch_size * cfg.grad_accum_steps * world,
+            "gradient_clipping": cfg.max_grad_norm,
+            "zero_optimization": {"stage": cfg.zero_stage},
+            "bf16": {"enabled": cfg.precision == "bf16"},
+            "fp16": {"enabled": cfg.precision == "fp16"},
+            "zero_allow_untested_optimizer": True,
+            "steps_per_print": 10**9,
+            "wall_clock_breakdown": False,
+        }
+
+    def _initialize(self, total_steps: int, world: int) -> None:
+        deepspeed = dist.import_deepspeed(self.config.cpu_shm_comm)
+        optimizer = self._optimizer()
+        warmup = int(round(self.config.warmup_ratio * total_steps))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(total_steps, warmup))
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=self.model, optimizer=optimizer, lr_scheduler=scheduler,
+            config=self.deepspeed_config(world), dist_init_required=False,
+        )
+
+    # ------------------------------------------------------------------ data
+    def _epoch_batches(self, epoch: int, micro_per_epoch: int, world: int, rank: int) -> list[list[int]]:
+        """This rank's micro-batches for one epoch: global batches split across ranks.
+
+        The permutation depends only on (seed, epoch), so a resumed run and any world size see
+        the same global batches in the same order.
+        """
+        generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
+        order = torch.randperm(len(self.train_data), generator=generator).tolist()
+        size = self.config.batch_size
+        batches = []
+        for step in range(micro_per_epoch):
+            start = step * size * world + rank * size
+            batches.append(order[start:start + size])
+        return batches
+
+    def _loader(self, batches: list[list[int]]) -> DataLoader:
+        return DataLoader(
+            self.train_data, batch_sampler=batches, collate_fn=self.collate_fn,
+            num_workers=self.config.num_workers, generator=torch.Generator(),
+        )
+
+    # ------------------------------------------------------------------ train
+    def train(self) -> TrainResult:
+        cfg = self.config
+        dist.init_process_group(cfg.cpu_shm_comm)
+        world, rank = dist.world_size(), dist.rank()
+        micro_per_epoch = self._check_setup(world)
+        steps_per_epoch = micro_per_epoch // cfg.grad_accum_steps
+        total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
+        seed_everything(cfg.seed + rank)
+        self._initialize(total_steps, world)
+        state = self._fresh_state()
+        if cfg.resume:
+            state = self._resume(state)
+        return self._run(state, micro_per_epoch, total_steps, world, rank)
+
+    def _fresh_state(self) -> dict[str, Any]:
+        return {"epoch": 0, "micro_in_epoch": 0, "global_step": 0, "best_metric": None,
+                "best_step": None, "bad_evals": 0, "history": [], "train_time_s": 0.0,
+                "samples_seen": 0, "stopped_early": False, "last_checkpoint": None}
+
+    def _run(self, state: dict, micro_per_epoch: int, total_steps: int, world: int, rank: int) -> TrainResult:
+        cfg = self.config
+        bar = self._progress_bar(total_steps, state["global_step"])
+        started, running_loss, running_count = time.perf_counter() - state["train_time_s"], 0.0, 0
+        device = next(self.engine.module.parameters()).device
+        done = state["global_step"] >= total_steps or state["stopped_early"]
+        while not done:
+            epoch, first = state["epoch"], state["micro_in_epoch"]
+            batches = self._epoch_batches(epoch, micro_per_epoch, world, rank)
+            for micro, batch in enumerate(self._loader(batches[first:]), start=first):
+                loss, _ = self._micro_step(move_to_device(batch, device), state)
+                running_loss, running_count = running_loss + loss, running_count + 1
+                state["samples_seen"] += cfg.batch_size * world
+                if (micro + 1) % cfg.grad_accum_steps:
+                    continue
+                state["global_step"] += 1
+                state["micro_in_epoch"] = micro + 1
+                state["train_time_s"] = time.perf_counter() - started
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{running_loss / running_count:.4f}",
+                                    lr=f"{self.engine.get_lr()[0]:.2e}",
+                                    samples_s=f"{state['samples_seen'] / max(state['train_time_s'], 1e-9):.1f}")
+                if state["global_step"] % cfg.log_every_steps == 0:
+                    self._log({"step": state["global_step"], "epoch": epoch,
+                               "loss": running_loss / running_count, "lr": self.engine.get_lr()[0]})
+                    running_loss, running_count = 0.0, 0
+                finished = state["global_step"] >= total_steps
+                epoch_end = micro + 1 == micro_per_epoch
+                if epoch_end:
+                    state["epoch"], state["micro_in_epoch"] = epoch + 1, 0
+                if cfg.eval_every_steps:
+                    due = state["global_step"] % cfg.eval_every_steps == 0 or finished
+                else:
+                    due = epoch_end or finished
+                if due:
+                    self._evaluate_and_checkpoint(state)
+                if finished or state["stopped_early"]:
+                    break
+            done = state["global_step"] >= total_steps or state["stopped_early"]
+        if bar is not None:
+            bar.close()
+        return self._finish(state, micro_per_epoch // cfg.grad_accum_steps)
+
+    def _micro_step(self, batch: Any, state: dict) -> tuple[float, dict]:
+        self.engine.train()
+        output = self.loss_fn(self.engine, batch)
+        loss, logs = output if isinstance(output, tuple) else (output, {})
+        self._check_finite(loss, state)
+        self.engine.backward(loss)
+        self.engine.step()
+        return float(loss.detach()), logs
+
+    def _check_finite(self, loss: torch.Tensor, state: dict) -> None:
+        bad = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0])
+        if dist.world_size() > 1:
+            bad = bad.to(loss.device)
+            torch.distributed.all_reduce(bad)
+        if bad.item() > 0:
+            last = state["last_checkpoint"] or "none written yet"
+            raise NonFiniteLossError(
+                f"the loss became {float(loss.detach())} at optimiser step {state['global_step']} "
+                f"(epoch {state['epoch']}); training stopped before updating the weights. "
+                f"Last good checkpoint: {last}. Try a lower --learning_rate, --precision fp32, "
+                "or check the data for empty or extreme inputs."
+            )
+
+    # ------------------------------------------------------------ evaluation
+    def _evaluate_and_checkpoint(self, state: dict) -> None:
+        if self.evaluate_fn is not None:
+            self.engine.eval()
+            with torch.no_grad():
+                metrics = {k: float(v) for k, v in self.evaluate_fn(self.engine.module).items()}
+            record = {"step": state["global_step"], "epoch": state["epoch"], **metrics}
+            state["history"].append(record)
+            self._log({"eval": record})
+            self._update_best(metrics, state)
+        if self.config.save_checkpoints:
+            self._save_checkpoint(state)
+
+    def _update_best(self, metrics: dict[str, float], state: dict) -> None:
+        cfg = self.config
+        key = cfg.metric or next(iter(metrics))
+        if key not in metrics:
+            raise TrainerConfigError(f"metric {key!r} is not among the evaluation results {sorted(metrics)}")
+        value, best = metrics[key], state["best_metric"]
+        improved = best is None or (value > best if cfg.greater_is_better else value < best)
+        if improved:
+            state["best_metric"], state["best_step"], state["bad_evals"] = value, state["global_step"], 0
+            self._save_best()
+        else:
+            state["bad_evals"] += 1
+            patience = cfg.early_stopping_patience
+            state["stopped_early"] = patience is not None and state["bad_evals"] >= patience
+
+    def _trainable_items(self) -> list[tuple[str, nn.Parameter]]:
+        return [(n, p) for n, p in self.engine.module.named_parameters() if p.requires_grad]
+
+    def _gathered(self, params: list[nn.Parameter], modifier_rank: int | None = None):
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(
+            params, modifier_rank=modifier_rank, enabled=self.config.zero_stage == 3
+        )
+
+    def _save_best(self) -> None:
+        items = self._trainable_items()
+        with self._gathered([p for _, p in items]):
+            tensors = {name: p.detach().float().cpu().clone() for name, p in items}
+        if dist.is_main_process():
+            save_tensors_atomic(tensors, self.output_dir / "best.safetensors")
+        self._best_in_memory = tensors
+
+    def _load_best(self) -> None:
+        tensors = getattr(self, "_best_in_memory", None)
+        if tensors is None:
+            return
+        items = self._trainable_items()
+        with self._gathered([p for _, p in items], modifier_rank=0), torch.no_grad():
+            for name, param in items:
+                param.copy_(tensors[name].to(param.dtype))
+
+    # ----------------------------------------------------------- checkpoints
+    def _save_checkpoint(self, state: dict) -> None:
+        tag = f"step-{state['global_step']:08d}"
+        incoming = self.checkpoint_root / ".incoming"
+        final = self.checkpoint_root / tag
+        state["last_checkpoint"] = str(final)
+        self.engine.save_checkpoint(str(incoming), tag=tag, client_state={"plmkit": state},
+                                    save_latest=False)
+        torch.save(_rng_state(), incoming / tag / f"rng_rank{dist.rank()}.pt")
+        dist.barrier()
+        if dist.is_main_process():
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(incoming / tag, final)
+            shutil.rmtree(incoming, ignore_errors=True)
+            atomic_write_json(self.checkpoint_root / "latest.json", {"tag": tag, "global_step": state["global_step"]})
+            self._prune_checkpoints(keep=tag)
+        dist.barrier()
+
+    def _prune_checkpoints(self, keep: str) -> None:
+        tags = sorted(p.name for p in self.checkpoint_root.glob("step-*") if p.is_dir())
+        for old in tags[: max(0, len(tags) - self.config.keep_checkpoints)]:
+            if old != keep:
+                shutil.rmtree(self.checkpoint_root / old, ignore_errors=True)
+
+    def latest_checkpoint(self) -> Path | None:
+        pointer = self.checkpoint_root / "latest.json"
+        if not pointer.exists():
+            return None
+        path = self.checkpoint_root / json.loads(pointer.read_text())["tag"]
+        return path if path.is_dir() else None
+
+    def _resume(self, state: dict) -> dict:
+        latest = self.latest_checkpoint()
+        if latest is None:
+            logger.info("no checkpoint in %s; starting from scratch", self.checkpoint_root)
+            return state
+        _, client = self.engine.load_checkpoint(str(self.checkpoint_root), tag=latest.name)
+        if client is None or "plmkit" not in client:
+            raise TrainerConfigError(f"{latest} is not a plmkit checkpoint (no loop state inside)")
+        state = dict(client["plmkit"])
+        rng_file = latest / f"rng_rank{dist.rank()}.pt"
+        if not rng_file.exists():
+            raise TrainerConfigError(
+                f"{latest} was written by fewer processes than this run has; resume with the same "
+                "number of processes it was trained with"
+            )
+        _set_rng_state(torch.load(rng_file, weights_only=False))
+        best = self.output_dir / "best.safetensors"
+        if best.exists():
+            from safetensors.torch import load_file
+
+            self._best_in_memory = load_file(str(best))
+        logger.info("resumed from %s at step %d", latest, state["global_step"])
+        return state
+
+    # --------------------------------------------------------------- output
+    def _progress_bar(self, total: int, initial: int):
+        if not (self.config.progress and dist.is_main_process()):
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if not dist.is_main_process():
+            return
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.output_dir / "train_log.jsonl", "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def _finish(self, state: dict, steps_per_epoch: int) -> TrainResult:
+        if self.config.load_best_at_end and self.evaluate_fn is not None:
+            self._load_best()
+        elapsed = state["train_time_s"]
+        return TrainResult(
+            global_step=state["global_step"],
+            epochs_completed=state["global_step"] / max(1, steps_per_epoch),
+            best_metric=state["best_metric"], best_step=state["best_step"],
+            stopped_early=state["stopped_early"], train_time_s=elapsed,
+            samples_per_s=state["samples_seen"] / elapsed if elapsed > 0 else math.nan,
+            history=state["history"],
+        )

@@ -1,0 +1,36 @@
+"""Shared fixtures: tiny random encoders built once per session and copied per test."""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+WORDS = (
+    "the a an movie film was is are it this that great good bad awful boring fun funny plot actor story "
+    "not very really loved hated and but of to in on with for sport game team market bank shares "
+    "election vote minister phone software internet music band show"
+).split()
+
+ENCODER_TYPES = ("bert", "roberta", "xlm-roberta", "distilbert", "mpnet")
+
+
+@pytest.fixture(scope="session")
+def _encoder_cache():
+    from plmkit.backbones import tiny_encoder
+
+    return {name: tiny_encoder(name, WORDS, dropout=0.1) for name in ENCODER_TYPES}
+
+
+@pytest.fixture
+def make_encoder(_encoder_cache):
+    """``make_encoder("bert")`` -> a fresh deep copy of the tiny random Backbone."""
+
+    def build(model_type: str = "bert"):
+        return copy.deepcopy(_encoder_cache[model_type])
+
+    return build
