@@ -424,8 +424,9 @@ class Trainer:
         incoming = self.checkpoint_root / ".incoming"
         final = self.checkpoint_root / tag
         state["last_checkpoint"] = str(final)
+        # Frozen weights never change, so checkpoints hold only what trains (adapters stay small).
         self.engine.save_checkpoint(str(incoming), tag=tag, client_state={"plmkit": state},
-                                    save_latest=False)
+                                    save_latest=False, exclude_frozen_parameters=True)
         torch.save(_rng_state(), incoming / tag / f"rng_rank{dist.rank()}.pt")
         dist.barrier()
         if dist.is_main_process():
@@ -455,7 +456,8 @@ class Trainer:
         if latest is None:
             logger.info("no checkpoint in %s; starting from scratch", self.checkpoint_root)
             return state
-        _, client = self.engine.load_checkpoint(str(self.checkpoint_root), tag=latest.name)
+        _, client = self.engine.load_checkpoint(str(self.checkpoint_root), tag=latest.name,
+                                                load_module_strict=False)
         if client is None or "plmkit" not in client:
             raise TrainerConfigError(f"{latest} is not a plmkit checkpoint (no loop state inside)")
         state = dict(client["plmkit"])

@@ -1,0 +1,202 @@
+"""The DeepSpeed-backed trainer: resume equality, NaN handling, accumulation, early stopping, ranks."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from plmkit import distributed
+from plmkit.trainer import NonFiniteLossError, Trainer, TrainerConfig, TrainerConfigError
+
+N_EXAMPLES = 48
+
+
+def _data():
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(N_EXAMPLES, 6, generator=generator)
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).long()
+    return [{"x": x[i], "y": y[i]} for i in range(N_EXAMPLES)]
+
+
+def _model(dropout: float = 0.2, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(6, 16), nn.Dropout(dropout), nn.Tanh(), nn.Linear(16, 2))
+    model[0].bias.requires_grad_(False)  # a frozen parameter must stay untouched
+    return model
+
+
+def _loss(model, batch):
+    dtype = next(model.parameters()).dtype
+    return F.cross_entropy(model(batch["x"].to(dtype)).float(), batch["y"])
+
+
+def _accuracy(data):
+    x = torch.stack([d["x"] for d in data])
+    y = torch.stack([d["y"] for d in data])
+
+    def evaluate(model):
+        dtype = next(model.parameters()).dtype
+        return {"accuracy": (model(x.to(dtype)).argmax(-1) == y).float().mean().item()}
+
+    return evaluate
+
+
+def _config(tmp_path, name, **overrides):
+    base = dict(output_dir=str(tmp_path / name), epochs=3, batch_size=4, learning_rate=5e-2,
+                eval_every_steps=5, progress=False, load_best_at_end=False, warmup_ratio=0.1)
+    return TrainerConfig(**{**base, **overrides})
+
+
+def _params(model):
+    return {n: p.detach().clone() for n, p in model.state_dict().items()}
+
+
+class _Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("stage", [0, 2, 3])
+def test_resume_reproduces_an_uninterrupted_run(tmp_path, stage):
+    data = _data()
+    reference = _model()
+    Trainer(reference, _loss, data, _config(tmp_path, "a", zero_stage=stage), evaluate_fn=_accuracy(data)).train()
+
+    calls = {"n": 0}
+
+    def crashing_loss(model, batch):
+        calls["n"] += 1
+        if calls["n"] == 13:  # after the checkpoint at step 10, mid-epoch
+            raise _Interrupt
+        return _loss(model, batch)
+
+    with pytest.raises(_Interrupt):
+        Trainer(_model(), crashing_loss, data, _config(tmp_path, "b", zero_stage=stage),
+                evaluate_fn=_accuracy(data)).train()
+    assert json.loads((tmp_path / "b/checkpoints/latest.json").read_text())["global_step"] == 10
+
+    resumed = _model()
+    result = Trainer(resumed, _loss, data, _config(tmp_path, "b", zero_stage=stage, resume=True),
+                     evaluate_fn=_accuracy(data)).train()
+    assert result.global_step == 3 * N_EXAMPLES // 4
+    expected, got = _params(reference), _params(resumed)
+    for name in expected:
+        assert torch.equal(expected[name], got[name]), name
+    assert torch.equal(resumed[0].bias, _model()[0].bias)  # frozen stays frozen
+
+
+def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(tmp_path):
+    data = _data()
+    calls = {"n": 0}
+
+    def poisoned(model, batch):
+        calls["n"] += 1
+        loss = _loss(model, batch)
+        return loss * float("nan") if calls["n"] == 8 else loss
+
+    model = _model()
+    with pytest.raises(NonFiniteLossError, match=r"nan.*step 7.*step-00000005"):
+        Trainer(model, poisoned, data, _config(tmp_path, "nan"), evaluate_fn=_accuracy(data)).train()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    checkpoints = sorted(p.name for p in (tmp_path / "nan/checkpoints").iterdir())
+    assert checkpoints == ["latest.json", "step-00000005"]
+
+
+def test_gradient_accumulation_matches_the_larger_batch(tmp_path):
+    data = _data()
+    big, accumulated = _model(dropout=0.0), _model(dropout=0.0)
+    Trainer(big, _loss, data, _config(tmp_path, "big", batch_size=8, save_checkpoints=False)).train()
+    Trainer(accumulated, _loss, data,
+            _config(tmp_path, "acc", batch_size=4, grad_accum_steps=2, save_checkpoints=False)).train()
+    for (name, p), q in zip(big.named_parameters(), accumulated.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_only_trainable_parameters_reach_the_optimizer(tmp_path):
+    data = _data()
+    model = _model()
+    trainer = Trainer(model, _loss, data, _config(tmp_path, "opt", epochs=1, save_checkpoints=False))
+    trainer.train()
+    in_optimizer = {id(p) for group in trainer.engine.optimizer.param_groups for p in group["params"]}
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert in_optimizer == trainable
+
+
+def test_early_stopping_and_best_checkpoint(tmp_path):
+    data = _data()
+    scores = iter([0.5, 0.9, 0.7, 0.6, 0.95, 0.99])
+    model = _model()
+    result = Trainer(model, _loss, data,
+                     _config(tmp_path, "es", eval_every_steps=2, early_stopping_patience=2, epochs=5,
+                             load_best_at_end=True),
+                     evaluate_fn=lambda m: {"accuracy": next(scores)}).train()
+    assert result.stopped_early and result.global_step == 8
+    assert result.best_metric == 0.9 and result.best_step == 4
+    from safetensors.torch import load_file
+
+    best = load_file(str(tmp_path / "es/best.safetensors"))
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            assert torch.equal(best[name], param.detach()), name  # best weights restored at the end
+
+
+def test_bf16_and_zero3_train(tmp_path):
+    data = _data()
+    model = _model(dropout=0.0)
+    result = Trainer(model, _loss, data, _config(tmp_path, "z3", precision="bf16", zero_stage=3, epochs=4),
+                     evaluate_fn=_accuracy(data)).train()
+    assert result.best_metric is not None and result.best_metric > 0.7
+
+
+def test_bad_settings_give_clear_errors(tmp_path):
+    data = _data()
+    with pytest.raises(TrainerConfigError, match="fewer than one global batch"):
+        Trainer(_model(), _loss, data[:3], _config(tmp_path, "small")).train()
+    frozen = _model()
+    frozen.requires_grad_(False)
+    with pytest.raises(TrainerConfigError, match="no trainable parameters"):
+        Trainer(frozen, _loss, data, _config(tmp_path, "frozen")).train()
+    with pytest.raises(TrainerConfigError, match="precision"):
+        TrainerConfig(precision="fp8")
+    if not torch.cuda.is_available():
+        with pytest.raises(TrainerConfigError, match="fp16 needs a GPU"):
+            Trainer(_model(), _loss, data, _config(tmp_path, "fp16", precision="fp16")).train()
+
+
+# ------------------------------------------------------------------ two processes (gloo)
+def _rank_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    data = _data()
+    for stage in (0, 3):
+        model = _model(dropout=0.0)
+        config = TrainerConfig(output_dir=os.path.join(out_dir, f"run{stage}"), epochs=2, batch_size=4,
+                               learning_rate=5e-2, zero_stage=stage, progress=False, save_checkpoints=False)
+        trainer = Trainer(model, _loss, data, config)
+        trainer.train()
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(model.parameters()), enabled=stage == 3):
+            torch.save(_params(model), os.path.join(out_dir, f"stage{stage}_rank{rank}.pt"))
+
+
+@pytest.mark.distributed
+def test_two_processes_stay_identical_and_match_one_process(tmp_path):
+    world = 2
+    torch.multiprocessing.spawn(_rank_worker, args=(world, distributed.free_port(), str(tmp_path)),
+                                nprocs=world, join=True)
+    data = _data()
+    single = _model(dropout=0.0)
+    Trainer(single, _loss, data, TrainerConfig(output_dir=str(tmp_path / "single"), epochs=2, batch_size=8,
+                                               learning_rate=5e-2, progress=False, save_checkpoints=False)).train()
+    for stage in (0, 3):
+        rank0 = torch.load(tmp_path / f"stage{stage}_rank0.pt")
+        rank1 = torch.load(tmp_path / f"stage{stage}_rank1.pt")
+        for name, value in rank0.items():
+            assert torch.equal(value, rank1[name]), (stage, name)
+            torch.testing.assert_close(value, single.state_dict()[name], rtol=1e-5, atol=1e-6)
