@@ -1,0 +1,103 @@
+"""Stage 1: train one bottleneck adapter (plus a task head) on a task over a frozen backbone.
+
+This is the job behind ``plmkit adapters train``; the transfer pipeline calls it for every source
+task whose adapter is not stored yet.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from plmkit.backbones import DEFAULT_ENCODER, load_encoder
+from plmkit.metrics import greater_is_better
+from plmkit.models import build_classifier
+from plmkit.mtl.adapters import AdapterConfig, attach_adapters, save_adapter
+from plmkit.report import plot_training_curves
+from plmkit.runs import RunFolder, environment
+from plmkit.tasks import load_task
+from plmkit.textclf import TaskData, train_classifier
+from plmkit.trainer import TrainerConfig, seed_everything
+
+logger = logging.getLogger("plmkit")
+
+
+@dataclass
+class TaskSetup:
+    """Which task and backbone, and how text is fed to it."""
+
+    task: str = "rotten-tomatoes"
+    """A built-in task, a data file or folder (CSV/TSV/JSONL/parquet), or a hub data set id."""
+    backbone: str = DEFAULT_ENCODER
+    """A bundled asset name, a local model folder, or a hub id."""
+    text_fields: str | None = None
+    """Text column(s) of a user data set, comma-separated for pairs (default: detected)."""
+    label_field: str | None = None
+    """Label column of a user data set (default: 'label')."""
+    task_type: str | None = None
+    """'classification' or 'regression' for a user data set (default: detected)."""
+    max_length: int = 128
+    """Tokens per example after truncation."""
+    pooling: str = "mean"
+    """Head pooling: 'mean' over tokens or 'cls'."""
+    max_train_samples: int | None = None
+    """Subsample the training split (seeded) for quick runs."""
+    max_eval_samples: int | None = None
+    """Subsample validation and test splits (seeded)."""
+    data_seed: int = 0
+    """Seed of the train/validation/test split and of subsampling."""
+
+    def load_task(self):
+        fields = tuple(f.strip() for f in self.text_fields.split(",")) if self.text_fields else None
+        return load_task(
+            self.task, text_fields=fields, label_field=self.label_field, task_type=self.task_type,
+            seed=self.data_seed, max_train_samples=self.max_train_samples, max_eval_samples=self.max_eval_samples,
+        )
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
+
+
+def train_adapter(setup: TaskSetup, adapter_config: AdapterConfig, trainer_config: TrainerConfig,
+                  run: RunFolder) -> dict[str, Any]:
+    """Train an adapter + head on ``setup.task``; write the adapter and metrics into ``run``."""
+    started = time.perf_counter()
+    seed_everything(trainer_config.seed)
+    task = setup.load_task()
+    logger.info("task %s: %d train / %d validation / %d test examples", task.name, len(task.train),
+                len(task.validation), len(task.test))
+    backbone = load_encoder(setup.backbone)
+    handle = attach_adapters(backbone.model, adapter_config)
+    model = build_classifier(backbone.model, task.num_labels, pooling=setup.pooling)
+    trainable, total = count_parameters(model)
+    logger.info("backbone %s (%s, %d parameters); training %d adapter + head parameters",
+                backbone.name, backbone.config.model_type, total - trainable, trainable)
+    run.write_json("config.json", {
+        "job": "adapters train", "setup": asdict(setup), "adapter": asdict(adapter_config),
+        "trainer": asdict(trainer_config), "backbone": backbone.signature(), "task": task.describe(),
+        "environment": environment(),
+    })
+    data = TaskData(task, backbone.tokenizer, setup.max_length)
+    trainer_config.metric = trainer_config.metric or task.metric
+    trainer_config.greater_is_better = greater_is_better(trainer_config.metric)
+    result = train_classifier(model, data, trainer_config)
+    model.float()
+    metrics = {
+        "task": task.name, "backbone": backbone.name, "metric": task.metric,
+        "validation": data.evaluate(model, "validation"), "test": data.evaluate(model, "test"),
+        "trainable_parameters": trainable, "adapter_parameters": handle.num_parameters(),
+        "total_parameters": total, "train": result.to_dict(),
+        "wall_time_s": time.perf_counter() - started,
+    }
+    save_adapter(run.path / "adapter", handle, head=model.head, backbone_name=backbone.name,
+                 extra={"task": task.describe(), "label_names": task.label_names, "max_length": setup.max_length})
+    run.write_json("metrics.json", metrics)
+    plot_training_curves(run.path / "train_log.jsonl", run.path / "training_curves.png", task.metric)
+    return metrics

@@ -1,0 +1,110 @@
+"""Command-line flags generated from config dataclasses, so ``--help`` shows each field's docstring.
+
+A field ``learning_rate: float = 3e-4`` with a docstring below it becomes ``--learning-rate`` (also
+accepted as ``--learning_rate``). ``--config run.yaml`` (or .json) supplies values that flags override.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import json
+import textwrap
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Docstrings written under dataclass fields (read from the source, as documentation tools do)."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):
+            continue
+        body = tree.body[0].body
+        for node, following in zip(body, body[1:], strict=False):
+            documented = isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
+            if documented and isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                docs[node.target.id] = " ".join(str(following.value.value).split())
+    return docs
+
+
+def _base_type(annotation: Any) -> Any:
+    """``int | None`` -> int; ``str`` -> str."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return args[0] if len(args) == 1 else str
+    return annotation
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, exclude: tuple[str, ...] = (),
+                            defaults: dict[str, Any] | None = None, title: str | None = None) -> None:
+    group = parser.add_argument_group(title or cls.__name__)
+    hints = typing.get_type_hints(cls)
+    docs = field_docs(cls)
+    defaults = defaults or {}
+    for field in dataclasses.fields(cls):
+        if field.name in exclude:
+            continue
+        default = defaults.get(field.name, field.default)
+        if default is dataclasses.MISSING:
+            continue
+        kind = _base_type(hints[field.name])
+        flags = [f"--{field.name.replace('_', '-')}"]
+        if "_" in field.name:
+            flags.append(f"--{field.name}")
+        help_text = f"{docs.get(field.name, '')} (default: {default})".strip()
+        if kind is bool:
+            group.add_argument(*flags, dest=field.name, action=argparse.BooleanOptionalAction,
+                               default=default, help=help_text)
+        else:
+            group.add_argument(*flags, dest=field.name, type=kind, default=default, help=help_text,
+                               metavar=kind.__name__.upper() if hasattr(kind, "__name__") else None)
+
+
+def build_dataclass(cls: type, namespace: argparse.Namespace, **overrides: Any) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in vars(namespace).items() if k in names}
+    values.update(overrides)
+    return cls(**values)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise SystemExit(f"error: config file {path} does not exist")
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        values = yaml.safe_load(text) or {}
+    else:
+        values = json.loads(text)
+    if not isinstance(values, dict):
+        raise SystemExit(f"error: {path} must hold a mapping of option names to values")
+    return {k.replace("-", "_"): v for k, v in values.items()}
+
+
+def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse twice: first to find ``--config``, then with its values as the subcommand's defaults.
+
+    The subcommand's parser is found through the ``_parser`` default it sets on itself.
+    """
+    first, _ = parser.parse_known_args(argv)
+    config_path = getattr(first, "config", None)
+    if config_path:
+        target = getattr(first, "_parser", parser)
+        values = read_config_file(config_path)
+        unknown = sorted(set(values) - {action.dest for action in target._actions})
+        if unknown:
+            raise SystemExit(f"error: {config_path} sets unknown options: {', '.join(unknown)}")
+        target.set_defaults(**values)
+    return parser.parse_args(argv)

@@ -1,0 +1,97 @@
+"""Evaluation metrics for sequence classification and regression tasks.
+
+Every evaluator in the toolkit reports through :func:`compute_metrics`, so runs are comparable and the
+primary metric of a task is always a key of the same dictionary.
+
+Primary metrics (see :func:`default_metric`):
+
+- classification: ``accuracy`` (the GLUE headline number for SST-2, MNLI, QNLI, ...);
+- regression: ``pearson_spearman``, the mean of Pearson and Spearman correlation, which is how GLUE
+  folds STS-B's two correlations into one score. Both correlations are reported too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from scipy.stats import rankdata
+from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+CLASSIFICATION_METRICS: tuple[str, ...] = ("accuracy", "f1_macro", "matthews_corr")
+REGRESSION_METRICS: tuple[str, ...] = ("pearson", "spearman", "pearson_spearman", "mse")
+PRIMARY_METRICS: dict[str, str] = {"classification": "accuracy", "regression": "pearson_spearman"}
+
+# Metric names (after an optional split prefix such as ``eval_``) where lower is better.
+_LOWER_IS_BETTER = ("loss", "mse", "rmse", "mae", "perplexity", "error")
+
+
+def compute_metrics(predictions: Any, references: Any, *, is_regression: bool) -> dict[str, float]:
+    """Score predictions against references.
+
+    Classification predictions may be class ids of shape (n,) or logits of shape (n, num_labels), which
+    are reduced by argmax. Regression predictions may be (n,) or (n, 1). Constant inputs give a
+    correlation of 0.0 instead of NaN, so a collapsed model scores badly rather than crashing selection.
+    """
+    preds = np.asarray(predictions)
+    refs = np.asarray(references)
+    if is_regression:
+        preds = preds.reshape(len(preds), -1)[:, 0] if preds.ndim == 2 else preds
+        _check_shapes(preds, refs)
+        return _regression_metrics(preds.astype(np.float64), refs.astype(np.float64))
+    if preds.ndim == 2:
+        preds = preds.argmax(axis=-1)
+    _check_shapes(preds, refs)
+    return _classification_metrics(preds.astype(np.int64), refs.astype(np.int64))
+
+
+def _check_shapes(preds: np.ndarray, refs: np.ndarray) -> None:
+    """Fail early with a readable message; sklearn's own errors do not say which side is wrong."""
+    if preds.ndim != 1 or refs.ndim != 1:
+        raise ValueError(f"expected 1-D predictions and references, got shapes {preds.shape} and {refs.shape}")
+    if len(preds) != len(refs):
+        raise ValueError(f"{len(preds)} predictions but {len(refs)} references")
+    if len(refs) == 0:
+        raise ValueError("cannot compute metrics on an empty evaluation set")
+
+
+def _classification_metrics(preds: np.ndarray, refs: np.ndarray) -> dict[str, float]:
+    return {
+        "accuracy": float(accuracy_score(refs, preds)),
+        "f1_macro": float(f1_score(refs, preds, average="macro", zero_division=0)),
+        "matthews_corr": float(matthews_corrcoef(refs, preds)),
+    }
+
+
+def _regression_metrics(preds: np.ndarray, refs: np.ndarray) -> dict[str, float]:
+    pearson = _pearson(preds, refs)
+    spearman = _pearson(rankdata(preds), rankdata(refs))
+    return {
+        "pearson": pearson,
+        "spearman": spearman,
+        "pearson_spearman": (pearson + spearman) / 2,
+        "mse": float(np.mean((preds - refs) ** 2)),
+    }
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+    """Pearson correlation that is 0.0 (not NaN with a warning) when either side is constant."""
+    dx, dy = x - x.mean(), y - y.mean()
+    denom = float(np.sqrt((dx**2).sum() * (dy**2).sum()))
+    if denom == 0.0 or not np.isfinite(denom):
+        return 0.0
+    return float((dx * dy).sum() / denom)
+
+
+def default_metric(is_regression: bool, num_labels: int | None = None) -> str:
+    """Primary metric for a task; ``num_labels == 1`` also means regression (the Hugging Face convention)."""
+    regression = is_regression or num_labels == 1
+    return PRIMARY_METRICS["regression" if regression else "classification"]
+
+
+def greater_is_better(metric_name: str) -> bool:
+    """Whether a larger value of ``metric_name`` is better; accepts prefixed names like ``eval_loss``."""
+    name = metric_name.lower()
+    for prefix in ("eval_", "test_", "validation_", "train_"):
+        name = name.removeprefix(prefix)
+    return not any(name == bad or name.endswith("_" + bad) for bad in _LOWER_IS_BETTER)
