@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
+from plmkit import distributed
 from plmkit.backbones import DEFAULT_ENCODER, load_encoder
-from plmkit.metrics import greater_is_better
 from plmkit.models import build_classifier
 from plmkit.mtl.adapters import AdapterConfig, attach_adapters, save_adapter
 from plmkit.report import plot_training_curves
@@ -85,8 +85,6 @@ def train_adapter(setup: TaskSetup, adapter_config: AdapterConfig, trainer_confi
         "environment": environment(),
     })
     data = TaskData(task, backbone.tokenizer, setup.max_length)
-    trainer_config.metric = trainer_config.metric or task.metric
-    trainer_config.greater_is_better = greater_is_better(trainer_config.metric)
     result = train_classifier(model, data, trainer_config)
     model.float()
     metrics = {
@@ -96,8 +94,10 @@ def train_adapter(setup: TaskSetup, adapter_config: AdapterConfig, trainer_confi
         "total_parameters": total, "train": result.to_dict(),
         "wall_time_s": time.perf_counter() - started,
     }
-    save_adapter(run.path / "adapter", handle, head=model.head, backbone_name=backbone.name,
-                 extra={"task": task.describe(), "label_names": task.label_names, "max_length": setup.max_length})
-    run.write_json("metrics.json", metrics)
-    plot_training_curves(run.path / "train_log.jsonl", run.path / "training_curves.png", task.metric)
+    if distributed.is_main_process():
+        save_adapter(run.path / "adapter", handle, head=model.head, backbone_name=backbone.name,
+                     extra={"task": task.describe(), "label_names": task.label_names,
+                            "max_length": setup.max_length})
+        run.write_json("metrics.json", metrics)
+        plot_training_curves(run.path / "train_log.jsonl", run.path / "training_curves.png", task.metric)
     return metrics

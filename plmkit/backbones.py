@@ -58,6 +58,9 @@ def _resolve_folder(spec: str) -> tuple[Path | None, str]:
     """Return (local folder, display name); folder is None for a hub id."""
     path = Path(spec).expanduser()
     if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise BackboneError(f"{path} is not a loadable model folder: it has no config.json "
+                                "(save one with model.save_pretrained and tokenizer.save_pretrained)")
         return path, str(path)
     from plmkit import assets
 
@@ -71,10 +74,11 @@ def _resolve_folder(spec: str) -> tuple[Path | None, str]:
 def _hub_error(spec: str, error: Exception) -> BackboneError:
     from plmkit import assets
 
-    bundled = ", ".join(sorted(assets.REGISTRY))
+    bundled = ", ".join(sorted(n for n, a in assets.REGISTRY.items() if a.kind != "data"))
+    reason = " ".join(str(error).split())
     return BackboneError(
-        f"could not load backbone {spec!r}: it is not a local folder, not a bundled asset ({bundled}), "
-        f"and loading it from the model hub failed ({type(error).__name__}: {error}). "
+        f"could not load backbone {spec!r}: it is not a local folder, not a bundled model ({bundled}), "
+        f"and loading it from the model hub failed ({type(error).__name__}: {reason}). "
         "Offline, pass a local folder saved with save_pretrained, or one of the bundled assets."
     )
 
@@ -88,7 +92,7 @@ def load_encoder(spec: str = DEFAULT_ENCODER, dtype: torch.dtype | None = None) 
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModel.from_pretrained(source, dtype=dtype) if dtype else AutoModel.from_pretrained(source)
-    except OSError as error:
+    except (OSError, ValueError) as error:
         if folder is not None:
             raise BackboneError(f"{folder} is not a loadable model folder: {error}") from error
         raise _hub_error(spec, error) from error
@@ -109,12 +113,15 @@ def load_causal_lm(spec: str = DEFAULT_CAUSAL_LM, dtype: torch.dtype | None = No
         tokenizer = AutoTokenizer.from_pretrained(source)
         kwargs = {"dtype": dtype} if dtype else {}
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-    except OSError as error:
+    except (OSError, ValueError) as error:
         if folder is not None:
             raise BackboneError(f"{folder} is not a loadable model folder: {error}") from error
         raise _hub_error(spec, error) from error
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise BackboneError(f"the tokenizer of {name} has neither a pad nor an end-of-sequence token; "
+                                "batched generation needs one (set tokenizer.pad_token and save it again)")
         tokenizer.pad_token = tokenizer.eos_token
     return Backbone(model=model, tokenizer=tokenizer, name=name, kind="causal-lm")
 

@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 import traceback
+from pathlib import Path
 from collections.abc import Callable
 
 from plmkit import __version__
@@ -90,8 +91,9 @@ def cmd_adapters_train(args: argparse.Namespace) -> int:
     from plmkit.runs import RunFolder
     from plmkit.trainer import TrainerConfig
 
+    _quiet_libraries()
     setup = build_dataclass(TaskSetup, args)
-    run = RunFolder.create("adapters", args.output_dir, label=setup.task.replace("/", "_"))
+    run = RunFolder.create("adapters", args.output_dir, label=Path(setup.task).name)
     run.start_log()
     try:
         trainer = build_dataclass(TrainerConfig, args, output_dir=str(run.path))
@@ -103,15 +105,34 @@ def cmd_adapters_train(args: argparse.Namespace) -> int:
 
 
 def _print_adapter_summary(metrics: dict, run_path) -> None:
+    from plmkit import distributed
+
+    if not distributed.is_main_process():
+        return
     keys = [k for k in metrics["validation"] if k != "loss"]
     rows = [[split] + [metrics[split][k] for k in keys] for split in ("validation", "test")]
     title = f"adapter on {metrics['task']} ({metrics['backbone']})"
     print("\n" + format_table(rows, ["split"] + keys, title=title))
     train = metrics["train"]
     print(format_table([[metrics["adapter_parameters"], metrics["trainable_parameters"], train["global_step"],
-                         train["best_step"] or 0, train["samples_per_s"], metrics["wall_time_s"]]],
-                       ["adapter params", "trainable", "steps", "best step", "samples/s", "wall s"]))
+                         train["best_step"] or 0, f"{train['samples_per_s']:.1f}", f"{metrics['wall_time_s']:.0f}"]],
+                       ["adapter params", "trainable", "steps", "best step", "train samples/s", "wall s"]))
     print(f"\nrun folder: {run_path}  (metrics.json, adapter/, training_curves.png, run.log)")
+
+
+def _quiet_libraries() -> None:
+    """Keep library chatter (weight-loading bars, info logs) out of our progress output."""
+    import os
+
+    import torch
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
 
 
 # ------------------------------------------------------------------------------- parser

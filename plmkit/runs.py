@@ -41,11 +41,17 @@ class RunFolder:
 
     @classmethod
     def create(cls, job: str, output_dir: str | None = None, label: str = "") -> RunFolder:
+        """``output_dir``, or ``runs/<job>/<time>-<label>``; every rank gets rank 0's folder."""
         if output_dir:
             return cls(output_dir)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
         suffix = f"-{label}" if label else ""
-        return cls(Path("runs") / job / f"{stamp}{suffix}")
+        path = [str(Path("runs") / job / f"{time.strftime('%Y%m%d-%H%M%S')}{suffix}")]
+        if distributed.world_size() > 1:
+            import torch
+
+            distributed.init_process_group()
+            torch.distributed.broadcast_object_list(path, src=0)
+        return cls(path[0])
 
     def start_log(self, verbose: bool = True) -> None:
         """Log to ``run.log`` (and to stderr) from the main process."""

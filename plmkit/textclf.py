@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from plmkit.metrics import compute_metrics
+from plmkit.metrics import compute_metrics, greater_is_better
 from plmkit.trainer import Trainer, TrainerConfig, TrainResult, move_to_device
 
 
@@ -101,6 +101,7 @@ def train_classifier(model: nn.Module, data: TaskData, config: TrainerConfig) ->
     """Train whatever in ``model`` requires grad on the task, selecting on its validation metric."""
     if config.metric is None:
         config.metric = data.task.metric
+        config.greater_is_better = greater_is_better(config.metric)
     trainer = Trainer(
         model, classification_loss, data.train, config, collate_fn=data.collator,
         evaluate_fn=lambda m: data.evaluate(m, "validation", batch_size=max(64, config.batch_size)),

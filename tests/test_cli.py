@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 
 import pytest
@@ -106,3 +107,25 @@ def test_assets_fetch_unknown_name(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("PLMKIT_CACHE", str(tmp_path / "cache"))
     assert main(["assets", "fetch", "no-such-asset"]) == 2
     assert "no-such-asset" in capsys.readouterr().err
+
+
+@pytest.mark.distributed
+def test_torchrun_two_processes_share_one_run_folder(tmp_path, tiny_backbone_dir):
+    import subprocess
+    import sys
+
+    from plmkit.distributed import free_port
+
+    task = _write_task(tmp_path / "task")
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT")}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(free_port()), "-m", "plmkit.cli", "adapters", "train", "--task", str(task), "--backbone",
+               str(tiny_backbone_dir), "--epochs", "2", "--batch-size", "4", "--max-length", "32", "--no-progress"]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    runs = list((tmp_path / "runs" / "adapters").iterdir())
+    assert len(runs) == 1
+    metrics = json.loads((runs[0] / "metrics.json").read_text())
+    assert metrics["train"]["global_step"] == 2 * 48 // (4 * 2)
+    config = json.loads((runs[0] / "config.json").read_text())
+    assert config["environment"]["world_size"] == 2
