@@ -9,14 +9,18 @@ import argparse
 import json
 import sys
 import traceback
-from pathlib import Path
 from collections.abc import Callable
 
 from plmkit import __version__
-from plmkit.cliargs import add_dataclass_arguments, build_dataclass, parse_with_config
+from plmkit.cliargs import parse_with_config
 from plmkit.report import format_table
 
-EPILOG = "Run folders hold config.json, metrics.json, weights, plots and run.log."
+
+def _families():
+    """Each method family adds its own subcommands (``register(subparsers)`` in its ``cli`` module)."""
+    from plmkit.mtl import cli as mtl_cli
+
+    return (mtl_cli.register,)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -84,81 +88,7 @@ def cmd_tasks_list(args: argparse.Namespace) -> int:
     return 0
 
 
-# ------------------------------------------------------------------------------- adapters
-def cmd_adapters_train(args: argparse.Namespace) -> int:
-    from plmkit.mtl.adapters import AdapterConfig
-    from plmkit.mtl.stage1 import TaskSetup, train_adapter
-    from plmkit.runs import RunFolder
-    from plmkit.trainer import TrainerConfig
-
-    _quiet_libraries()
-    setup = build_dataclass(TaskSetup, args)
-    run = RunFolder.create("adapters", args.output_dir, label=Path(setup.task).name)
-    run.start_log()
-    try:
-        trainer = build_dataclass(TrainerConfig, args, output_dir=str(run.path))
-        metrics = train_adapter(setup, build_dataclass(AdapterConfig, args), trainer, run)
-    finally:
-        run.stop_log()
-    _print_adapter_summary(metrics, run.path)
-    return 0
-
-
-def _print_adapter_summary(metrics: dict, run_path) -> None:
-    from plmkit import distributed
-
-    if not distributed.is_main_process():
-        return
-    keys = [k for k in metrics["validation"] if k != "loss"]
-    rows = [[split] + [metrics[split][k] for k in keys] for split in ("validation", "test")]
-    title = f"adapter on {metrics['task']} ({metrics['backbone']})"
-    print("\n" + format_table(rows, ["split"] + keys, title=title))
-    train = metrics["train"]
-    print(format_table([[metrics["adapter_parameters"], metrics["trainable_parameters"], train["global_step"],
-                         train["best_step"] or 0, f"{train['samples_per_s']:.1f}", f"{metrics['wall_time_s']:.0f}"]],
-                       ["adapter params", "trainable", "steps", "best step", "train samples/s", "wall s"]))
-    print(f"\nrun folder: {run_path}  (metrics.json, adapter/, training_curves.png, run.log)")
-
-
-def _quiet_libraries() -> None:
-    """Keep library chatter (weight-loading bars, info logs) out of our progress output."""
-    import os
-
-    import torch
-
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-
-
 # ------------------------------------------------------------------------------- parser
-def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML or JSON file of option values; flags override it")
-    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
-
-
-def _adapters_parser(sub: argparse._SubParsersAction) -> None:
-    from plmkit.mtl.adapters import AdapterConfig
-    from plmkit.mtl.stage1 import TaskSetup
-    from plmkit.trainer import TrainerConfig
-
-    adapters = sub.add_parser("adapters", help="stage-1 bottleneck adapters").add_subparsers(
-        dest="action", required=True, metavar="ACTION")
-    train = adapters.add_parser("train", help="train an adapter + head on a task over a frozen backbone",
-                                epilog=EPILOG)
-    _add_common(train)
-    add_dataclass_arguments(train, TaskSetup, title="task and backbone")
-    add_dataclass_arguments(train, AdapterConfig, title="adapter")
-    add_dataclass_arguments(train, TrainerConfig, title="training",
-                            defaults={"output_dir": None, "learning_rate": 1e-3, "epochs": 3,
-                                      "early_stopping_patience": 3})
-    train.set_defaults(func=cmd_adapters_train, _parser=train)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="plmkit", description="Efficient transfer and compression of pretrained language models.")
@@ -186,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     tasks_list.add_argument("--load", action="store_true", help="load each task and show split sizes")
     tasks_list.set_defaults(func=cmd_tasks_list)
 
-    _adapters_parser(sub)
+    for register in _families():
+        register(sub)
     return parser
 
 

@@ -59,8 +59,8 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, exclude:
             continue
         kind = _base_type(hints[field.name])
         flags = [f"--{field.name.replace('_', '-')}"]
-        if "_" in field.name:
-            flags.append(f"--{field.name}")
+        if "_" in field.name and kind is not bool:
+            flags.append(f"--{field.name}")  # the spelling transformers' flags use
         help_text = f"{docs.get(field.name, '')} (default: {default})".strip()
         if kind is bool:
             group.add_argument(*flags, dest=field.name, action=argparse.BooleanOptionalAction,
@@ -108,3 +108,27 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None) -
             raise SystemExit(f"error: {config_path} sets unknown options: {', '.join(unknown)}")
         target.set_defaults(**values)
     return parser.parse_args(argv)
+
+
+EPILOG = "Run folders hold config.json, metrics.json, weights, plots and run.log."
+
+
+def add_common(parser: argparse.ArgumentParser) -> None:
+    """Options every job has: ``--config`` and the launcher's ``--local_rank``."""
+    parser.add_argument("--config", help="YAML or JSON file of option values; flags override it")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+
+
+def quiet_libraries() -> None:
+    """Keep library chatter (weight-loading bars, info logs) out of our progress output."""
+    import os
+
+    import torch
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()

@@ -1,0 +1,1 @@
+"""Architectural efficiency: MPO decomposition and depth scaling (installed as ``plmkit.compress``)."""
