@@ -45,6 +45,11 @@ def _print_adapter_summary(metrics: dict, run_path: Path) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    register_transfer(sub)
+    register_adapters(sub)
+
+
+def register_adapters(sub: argparse._SubParsersAction) -> None:
     from plmkit.mtl.adapters import AdapterConfig
     from plmkit.mtl.stage1 import TaskSetup
     from plmkit.trainer import TrainerConfig
@@ -60,3 +65,58 @@ def register(sub: argparse._SubParsersAction) -> None:
                             defaults={"output_dir": None, "learning_rate": 1e-3, "epochs": 3,
                                       "early_stopping_patience": 3})
     train.set_defaults(func=cmd_adapters_train, _parser=train)
+
+
+# ------------------------------------------------------------------------------ transfer
+def cmd_transfer(args: argparse.Namespace) -> int:
+    from plmkit.mtl.pipeline import TransferSetup, run_transfer
+    from plmkit.runs import RunFolder
+    from plmkit.trainer import TrainerConfig
+
+    quiet_libraries()
+    setup = build_dataclass(TransferSetup, args)
+    setup.methods()  # fail on an unknown method before any work
+    run = RunFolder.create("transfer", args.output_dir, label=Path(setup.target).name)
+    run.start_log()
+    try:
+        trainer = build_dataclass(TrainerConfig, args, output_dir=str(run.path))
+        metrics = run_transfer(setup, trainer, run)
+    finally:
+        run.stop_log()
+    _print_transfer_summary(metrics, run.path)
+    return 0
+
+
+def _print_transfer_summary(metrics: dict, run_path: Path) -> None:
+    from plmkit import distributed
+
+    if not distributed.is_main_process():
+        return
+    metric = metrics["metric"]
+    rows = [[r["method"], f"{r['test_mean']:.4f} ± {r['test_std']:.4f}", f"{r['validation_mean']:.4f}",
+             r["transfer_parameters"], r["trainable_parameters"], f"{r['train_time_s']:.0f}",
+             f"{r['peak_memory_mb']:.0f}"] for r in metrics["summary"]]
+    seeds = len(metrics["summary"][0]["seeds"])
+    title = (f"{metrics['target']} ({metric}; test mean ± std over {seeds} seed(s)); sources: "
+             + ", ".join(metrics["sources"] or ["-"]))
+    print("\n" + format_table(rows, ["method", f"test {metric}", "validation", "transfer params",
+                                     "trainable", "train s", "peak MB"], title=title))
+    plots = ", ".join(p for p in metrics["plots"].values() if p)
+    print(f"\nrun folder: {run_path}  (metrics.json, config.json{', ' + plots if plots else ''}, run.log)")
+
+
+def register_transfer(sub: argparse._SubParsersAction) -> None:
+    from plmkit.mtl.pipeline import TransferSetup
+    from plmkit.trainer import TrainerConfig
+
+    parser = sub.add_parser(
+        "transfer", epilog=EPILOG,
+        help="stage 1 (train or reuse source adapters) -> stage 2 (fusion / ScaLearn) -> evaluate",
+        description="With no arguments: the bundled MiniLM, sources tweet-sentiment, bbc-topic, "
+                    "rt-subjectivity (+ the target's own adapter), target rotten-tomatoes, method scalearn.")
+    add_common(parser)
+    add_dataclass_arguments(parser, TransferSetup, title="transfer")
+    add_dataclass_arguments(parser, TrainerConfig, title="stage-2 training",
+                            exclude=("learning_rate", "seed", "metric", "greater_is_better"),
+                            defaults={"output_dir": None, "epochs": 2, "batch_size": 32})
+    parser.set_defaults(func=cmd_transfer, _parser=parser)

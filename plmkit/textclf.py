@@ -7,7 +7,7 @@ once so the methods only decide what is trainable.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -97,13 +97,23 @@ class TaskData:
         return evaluate(model, getattr(self, split), self.collator, self.task.is_regression, batch_size)
 
 
-def train_classifier(model: nn.Module, data: TaskData, config: TrainerConfig) -> TrainResult:
-    """Train whatever in ``model`` requires grad on the task, selecting on its validation metric."""
+def train_classifier(model: nn.Module, data: TaskData, config: TrainerConfig,
+                     regularizer: Callable[[], torch.Tensor | None] | None = None) -> TrainResult:
+    """Train whatever in ``model`` requires grad on the task, selecting on its validation metric.
+
+    ``regularizer()`` is called after each forward and its value (if any) added to that step's loss.
+    """
     if config.metric is None:
         config.metric = data.task.metric
         config.greater_is_better = greater_is_better(config.metric)
+
+    def loss_fn(m: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        loss = classification_loss(m, batch)
+        extra = regularizer() if regularizer is not None else None
+        return loss if extra is None else loss + extra
+
     trainer = Trainer(
-        model, classification_loss, data.train, config, collate_fn=data.collator,
+        model, loss_fn, data.train, config, collate_fn=data.collator,
         evaluate_fn=lambda m: data.evaluate(m, "validation", batch_size=max(64, config.batch_size)),
     )
     return trainer.train()

@@ -1,0 +1,253 @@
+"""The main job, ``plmkit transfer``: stage 1 (train or reuse source adapters) → stage 2 → evaluation.
+
+resolve backbone → resolve tasks → stage 1: for each source (and the target itself, as the papers
+do) reuse its adapter from the store if backbone, task and adapter config match, else train and store
+it → stage 2: attach the transfer method over the frozen sources plus a new head, train on the target
+→ evaluate on the target's test split → report (table, JSON, heat map of per-layer source weights).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import statistics
+import time
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from plmkit import distributed
+from plmkit.backbones import DEFAULT_ENCODER, Backbone, load_encoder
+from plmkit.memory import peak_memory_mb, reset_peak_memory
+from plmkit.models import build_classifier
+from plmkit.mtl.adapters import AdapterConfig, attach_adapters, save_adapter
+from plmkit.mtl.store import AdapterStore, store_key
+from plmkit.mtl.transfer import METHODS as STAGE2_METHODS
+from plmkit.mtl.transfer import Composition, SourceRef, TransferHandle, attach_transfer, save_transfer
+from plmkit.report import plot_heatmap
+from plmkit.runs import RunFolder, environment
+from plmkit.tasks import Task, load_task
+from plmkit.textclf import TaskData, train_classifier
+from plmkit.trainer import TrainerConfig, seed_everything
+
+logger = logging.getLogger("plmkit")
+
+ALL_METHODS = ("adapter", "full", "fusion", *[m for m in STAGE2_METHODS if m != "fusion"])
+DEFAULT_LEARNING_RATES = {"adapter": 1e-3, "full": 2e-5, "fusion": 5e-5, "scalearn": 6e-3,
+                          "scalearn-uniform": 6e-3, "scalearn++": 6e-3, "scalearn-uniform++": 6e-3}
+
+
+@dataclass
+class TransferSetup:
+    """What to transfer from and to; training flags (epochs, batch size, ...) apply to stage 2."""
+
+    sources: str = "tweet-sentiment,bbc-topic,rt-subjectivity"
+    """Comma-separated source tasks (built-in names, data files/folders, or hub ids)."""
+    target: str = "rotten-tomatoes"
+    """The target task."""
+    method: str = "scalearn"
+    """adapter, full, fusion, scalearn, scalearn-uniform, scalearn++ or scalearn-uniform++."""
+    compare: str | None = None
+    """Comma-separated methods to run on the same split and seeds ('all' for every method)."""
+    seeds: str = "42"
+    """Comma-separated stage-2 seeds; the table reports mean ± std over them."""
+    include_target_adapter: bool = True
+    """Add the target's own stage-1 adapter as the last source, as the papers do."""
+    backbone: str = DEFAULT_ENCODER
+    """A bundled asset name, a local model folder, or a hub id."""
+    store: str | None = None
+    """Adapter store folder (default: $PLMKIT_ADAPTER_STORE or <plmkit cache>/adapter-store)."""
+    learning_rate: float | None = None
+    """Stage-2 learning rate; None picks the method's default (ScaLearn 6e-3, fusion 5e-5, ...)."""
+    max_length: int = 128
+    pooling: str = "mean"
+    data_seed: int = 0
+    """Seed of every task's split and subsample."""
+    max_train_samples: int | None = 2000
+    """Target training examples (seeded subsample; 0 uses all). The default keeps a CPU run to minutes."""
+    max_eval_samples: int | None = None
+    """Target validation/test examples (0 or None uses all)."""
+    source_max_train_samples: int | None = 2000
+    """Training examples per source adapter (0 uses all)."""
+    source_epochs: int = 1
+    source_learning_rate: float = 1e-3
+    reduction_factor: int = 16
+    """Bottleneck of the source adapters: hidden / reduction_factor."""
+
+    def methods(self) -> list[str]:
+        names = ALL_METHODS if self.compare == "all" else (self.compare.split(",") if self.compare else [self.method])
+        names = [n.strip() for n in names if n.strip()]
+        unknown = [n for n in names if n not in ALL_METHODS]
+        if unknown:
+            raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(ALL_METHODS)}")
+        return names
+
+    def seed_list(self) -> list[int]:
+        try:
+            return [int(s) for s in self.seeds.split(",") if s.strip()]
+        except ValueError as error:
+            raise ValueError(f"--seeds must be comma-separated integers, got {self.seeds!r}") from error
+
+    def source_list(self) -> list[str]:
+        names = [s.strip() for s in self.sources.split(",") if s.strip()]
+        if not names and not self.include_target_adapter:
+            raise ValueError("no source tasks: pass --sources A,B,C")
+        return names
+
+
+def _limit(value: int | None) -> int | None:
+    return value if value and value > 0 else None
+
+
+# ------------------------------------------------------------------------------ stage 1
+def source_adapter(backbone: Backbone, task_spec: str, setup: TransferSetup, base: TrainerConfig,
+                   store: AdapterStore, run: RunFolder) -> SourceRef:
+    """Reuse the stored adapter for ``task_spec`` or train it now and store it."""
+    adapter_config = AdapterConfig(reduction_factor=setup.reduction_factor)
+    settings = {"data_seed": setup.data_seed, "max_train_samples": _limit(setup.source_max_train_samples),
+                "max_length": setup.max_length, "pooling": setup.pooling, "adapter": asdict(adapter_config),
+                "epochs": setup.source_epochs, "learning_rate": setup.source_learning_rate,
+                "batch_size": base.batch_size}
+    key = store_key(backbone.signature(), task_spec, settings)
+    found = store.get(key)
+    if found is not None:
+        logger.info("stage 1: reusing %s adapter from %s", task_spec, found)
+        return SourceRef(task_spec, str(found), key)
+    logger.info("stage 1: training the %s adapter (store key %s)", task_spec, key)
+    task = load_task(task_spec, seed=setup.data_seed, max_train_samples=_limit(setup.source_max_train_samples))
+    model = copy.deepcopy(backbone.model)
+    handle = attach_adapters(model, adapter_config)
+    classifier = build_classifier(model, task.num_labels, pooling=setup.pooling)
+    data = TaskData(task, backbone.tokenizer, setup.max_length)
+    config = replace(base, output_dir=str(run.path / "stage1" / task.name), epochs=setup.source_epochs,
+                     max_steps=None, learning_rate=setup.source_learning_rate, seed=0, metric=None,
+                     early_stopping_patience=None, resume=False)
+    train_classifier(classifier, data, config)
+    classifier.float()
+    folder = run.path / "stage1" / task.name / "adapter"
+    if distributed.is_main_process():
+        save_adapter(folder, handle, head=classifier.head, backbone_name=backbone.name,
+                     extra={"task": task.describe(), "label_names": task.label_names,
+                            "validation": data.evaluate(classifier, "validation")})
+        store.put(key, folder)
+    distributed.barrier()
+    return SourceRef(task_spec, str(store.path(key)), key)
+
+
+# ------------------------------------------------------------------------------ stage 2
+def _attach(method: str, model, refs: list[SourceRef], setup: TransferSetup, backbone: Backbone):
+    if method in STAGE2_METHODS:
+        return attach_transfer(model, Composition(method=method, sources=refs), backbone.name)
+    if method == "adapter":
+        return attach_adapters(model, AdapterConfig(reduction_factor=setup.reduction_factor))
+    return None  # full fine-tuning: everything trains
+
+
+def run_method(method: str, seed: int, refs: list[SourceRef], backbone: Backbone, data: TaskData,
+               setup: TransferSetup, base: TrainerConfig, run: RunFolder) -> dict[str, Any]:
+    """Train one method with one seed on the target; return its metrics (and keep the model)."""
+    seed_everything(seed)
+    model = copy.deepcopy(backbone.model)
+    handle = _attach(method, model, refs, setup, backbone)
+    classifier = build_classifier(model, data.task.num_labels, pooling=setup.pooling)
+    learning_rate = setup.learning_rate or DEFAULT_LEARNING_RATES[method]
+    config = replace(base, output_dir=str(run.path / f"{method}-seed{seed}"), seed=seed,
+                     learning_rate=learning_rate, metric=None)
+    reset_peak_memory()
+    started = time.perf_counter()
+    regularizer = handle.regularization if isinstance(handle, TransferHandle) else None
+    result = train_classifier(classifier, data, config, regularizer=regularizer)
+    train_time, peak = time.perf_counter() - started, peak_memory_mb()
+    classifier.float()
+    transfer_params = handle.num_parameters() if handle is not None else 0
+    trainable = sum(p.numel() for p in classifier.parameters() if p.requires_grad)
+    with handle.recording() if isinstance(handle, TransferHandle) else contextlib.nullcontext():
+        validation = data.evaluate(classifier, "validation")
+    return {
+        "method": method, "seed": seed, "learning_rate": learning_rate,
+        "validation": validation, "test": data.evaluate(classifier, "test"),
+        "transfer_parameters": transfer_params, "trainable_parameters": trainable,
+        "train_time_s": train_time, "peak_memory_mb": peak, "train": result.to_dict(),
+        "_handle": handle, "_classifier": classifier,
+    }
+
+
+def _heatmap(outcome: dict[str, Any], refs: list[SourceRef], run: RunFolder) -> str | None:
+    handle = outcome["_handle"]
+    if not isinstance(handle, TransferHandle) or not distributed.is_main_process():
+        return None
+    weights = handle.source_weights().numpy()  # (layers, sources)
+    method = outcome["method"]
+    label = "mean attention on validation" if method == "fusion" else "mean scale ω"
+    path = run.path / f"source_weights_{method}.png"
+    plot_heatmap(weights, [f"layer {i}" for i in range(weights.shape[0])], [r.name for r in refs], path,
+                 title=f"{method}: per-layer weight of each source", colorbar_label=label)
+    return path.name
+
+
+def summarise(outcomes: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
+    """One row per method: mean ± std over seeds of the target's primary metric."""
+    rows = []
+    for method in dict.fromkeys(o["method"] for o in outcomes):
+        runs = [o for o in outcomes if o["method"] == method]
+        test = [o["test"][metric] for o in runs]
+        rows.append({
+            "method": method, "seeds": [o["seed"] for o in runs], "metric": metric,
+            "test_mean": statistics.fmean(test), "test_std": statistics.pstdev(test) if len(test) > 1 else 0.0,
+            "validation_mean": statistics.fmean(o["validation"][metric] for o in runs),
+            "transfer_parameters": runs[0]["transfer_parameters"],
+            "trainable_parameters": runs[0]["trainable_parameters"],
+            "train_time_s": statistics.fmean(o["train_time_s"] for o in runs),
+            "peak_memory_mb": max(o["peak_memory_mb"] for o in runs),
+        })
+    return rows
+
+
+def run_transfer(setup: TransferSetup, base: TrainerConfig, run: RunFolder) -> dict[str, Any]:
+    started = time.perf_counter()
+    methods, seeds = setup.methods(), setup.seed_list()
+    backbone = load_encoder(setup.backbone)
+    target = load_task(setup.target, seed=setup.data_seed, max_train_samples=_limit(setup.max_train_samples),
+                       max_eval_samples=_limit(setup.max_eval_samples))
+    logger.info("target %s: %d train / %d validation / %d test", target.name, len(target.train),
+                len(target.validation), len(target.test))
+    store = AdapterStore(setup.store)
+    specs = setup.source_list() + ([setup.target] if setup.include_target_adapter else [])
+    needs_sources = any(m in STAGE2_METHODS for m in methods)
+    refs = [source_adapter(backbone, spec, setup, base, store, run) for spec in specs] if needs_sources else []
+    run.write_json("config.json", {
+        "job": "transfer", "setup": asdict(setup), "trainer": asdict(base), "backbone": backbone.signature(),
+        "target": target.describe(), "sources": [asdict(r) for r in refs], "environment": environment(),
+    })
+    data = TaskData(target, backbone.tokenizer, setup.max_length)
+    outcomes, plots = [], {}
+    for method in methods:
+        for index, seed in enumerate(seeds):
+            logger.info("stage 2: %s, seed %d", method, seed)
+            outcome = run_method(method, seed, refs, backbone, data, setup, base, run)
+            if index == 0:
+                plots[method] = _heatmap(outcome, refs, run)
+                _save_first(outcome, target, backbone, run)
+            outcomes.append(outcome)
+    return _metrics(outcomes, target, refs, plots, run, time.perf_counter() - started)
+
+
+def _save_first(outcome: dict[str, Any], target: Task, backbone: Backbone, run: RunFolder) -> None:
+    handle, head = outcome["_handle"], outcome["_classifier"].head
+    if not distributed.is_main_process():
+        return
+    extra = {"task": target.describe(), "label_names": target.label_names, "metrics": outcome["test"]}
+    folder = run.path / f"model-{outcome['method']}"
+    if isinstance(handle, TransferHandle):
+        save_transfer(folder, handle, head=head, backbone_name=backbone.name, extra=extra)
+    elif handle is not None:
+        save_adapter(folder, handle, head=head, backbone_name=backbone.name, extra=extra)
+
+
+def _metrics(outcomes: list[dict[str, Any]], target: Task, refs: list[SourceRef], plots: dict,
+             run: RunFolder, wall: float) -> dict[str, Any]:
+    clean = [{k: v for k, v in o.items() if not k.startswith("_")} for o in outcomes]
+    metrics = {"target": target.name, "metric": target.metric, "sources": [r.name for r in refs],
+               "summary": summarise(clean, target.metric), "runs": clean, "plots": plots, "wall_time_s": wall}
+    run.write_json("metrics.json", metrics)
+    return metrics
