@@ -69,6 +69,8 @@ class TransferSetup:
     """Target validation/test examples (0 or None uses all)."""
     source_max_train_samples: int | None = 2000
     """Training examples per source adapter (0 uses all)."""
+    source_max_eval_samples: int | None = 1000
+    """Validation examples per source adapter (0 uses all)."""
     source_epochs: int = 1
     source_learning_rate: float = 1e-3
     reduction_factor: int = 16
@@ -105,6 +107,7 @@ def source_adapter(backbone: Backbone, task_spec: str, setup: TransferSetup, bas
     """Reuse the stored adapter for ``task_spec`` or train it now and store it."""
     adapter_config = AdapterConfig(reduction_factor=setup.reduction_factor)
     settings = {"data_seed": setup.data_seed, "max_train_samples": _limit(setup.source_max_train_samples),
+                "max_eval_samples": _limit(setup.source_max_eval_samples),
                 "max_length": setup.max_length, "pooling": setup.pooling, "adapter": asdict(adapter_config),
                 "epochs": setup.source_epochs, "learning_rate": setup.source_learning_rate,
                 "batch_size": base.batch_size}
@@ -114,7 +117,8 @@ def source_adapter(backbone: Backbone, task_spec: str, setup: TransferSetup, bas
         logger.info("stage 1: reusing %s adapter from %s", task_spec, found)
         return SourceRef(task_spec, str(found), key)
     logger.info("stage 1: training the %s adapter (store key %s)", task_spec, key)
-    task = load_task(task_spec, seed=setup.data_seed, max_train_samples=_limit(setup.source_max_train_samples))
+    task = load_task(task_spec, seed=setup.data_seed, max_train_samples=_limit(setup.source_max_train_samples),
+                     max_eval_samples=_limit(setup.source_max_eval_samples))
     model = copy.deepcopy(backbone.model)
     handle = attach_adapters(model, adapter_config)
     classifier = build_classifier(model, task.num_labels, pooling=setup.pooling)
@@ -122,13 +126,13 @@ def source_adapter(backbone: Backbone, task_spec: str, setup: TransferSetup, bas
     config = replace(base, output_dir=str(run.path / "stage1" / task.name), epochs=setup.source_epochs,
                      max_steps=None, learning_rate=setup.source_learning_rate, seed=0, metric=None,
                      early_stopping_patience=None, resume=False)
-    train_classifier(classifier, data, config)
+    result = train_classifier(classifier, data, config)
     classifier.float()
     folder = run.path / "stage1" / task.name / "adapter"
     if distributed.is_main_process():
+        best = next((h for h in result.history if h["step"] == result.best_step), None)
         save_adapter(folder, handle, head=classifier.head, backbone_name=backbone.name,
-                     extra={"task": task.describe(), "label_names": task.label_names,
-                            "validation": data.evaluate(classifier, "validation")})
+                     extra={"task": task.describe(), "label_names": task.label_names, "validation": best})
         store.put(key, folder)
     distributed.barrier()
     return SourceRef(task_spec, str(store.path(key)), key)
