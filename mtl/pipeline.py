@@ -21,6 +21,8 @@ from plmkit.backbones import DEFAULT_ENCODER, Backbone, load_encoder
 from plmkit.memory import peak_memory_mb, reset_peak_memory
 from plmkit.models import build_classifier
 from plmkit.mtl.adapters import AdapterConfig, attach_adapters, save_adapter
+from plmkit.mtl.fusion import FusionConfig
+from plmkit.mtl.scalearn import ScaLearnConfig
 from plmkit.mtl.store import AdapterStore, store_key
 from plmkit.mtl.transfer import METHODS as STAGE2_METHODS
 from plmkit.mtl.transfer import Composition, SourceRef, TransferHandle, attach_transfer, save_transfer
@@ -75,6 +77,21 @@ class TransferSetup:
     source_learning_rate: float = 1e-3
     reduction_factor: int = 16
     """Bottleneck of the source adapters: hidden / reduction_factor."""
+    fusion_value: bool = True
+    """AdapterFusion with a value matrix ('dynamic'); --no-fusion-value gives 'static' fusion."""
+    fusion_temperature: bool = False
+    """Anneal AdapterFusion's softmax temperature from 50 to 1."""
+    scalearn_dropout: float | None = None
+    """Dropout on ScaLearn's scales (None: 0.3, or 0 for scalearn-uniform++)."""
+    scalearn_mean_one: float = 0.0
+    """Weight of ScaLearn's optional mean-one regulariser (0 disables it)."""
+
+    def composition(self, method: str, refs: list[SourceRef]) -> Composition:
+        if method == "fusion":
+            fusion = FusionConfig(value=self.fusion_value, temperature=self.fusion_temperature)
+            return Composition(method=method, sources=refs, fusion=fusion)
+        scalearn = ScaLearnConfig(variant=method, dropout=self.scalearn_dropout, mean_one=self.scalearn_mean_one)
+        return Composition(method=method, sources=refs, scalearn=scalearn)
 
     def methods(self) -> list[str]:
         names = ALL_METHODS if self.compare == "all" else (self.compare.split(",") if self.compare else [self.method])
@@ -141,7 +158,7 @@ def source_adapter(backbone: Backbone, task_spec: str, setup: TransferSetup, bas
 # ------------------------------------------------------------------------------ stage 2
 def _attach(method: str, model, refs: list[SourceRef], setup: TransferSetup, backbone: Backbone):
     if method in STAGE2_METHODS:
-        return attach_transfer(model, Composition(method=method, sources=refs), backbone.name)
+        return attach_transfer(model, setup.composition(method, refs), backbone.name)
     if method == "adapter":
         return attach_adapters(model, AdapterConfig(reduction_factor=setup.reduction_factor))
     return None  # full fine-tuning: everything trains
