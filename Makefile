@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
-TEST_ARGS ?= -m "not slow and not gpu" -n 2
+TEST_ARGS ?= -m "not slow and not gpu" -n 2  # keep in step with the README's test command
 
 .PHONY: install demo test lint clean
 
@@ -18,7 +18,7 @@ $(BIN)/plmkit: pyproject.toml
 install: $(BIN)/plmkit
 
 demo: install
-	$(BIN)/plmkit adapters train --task rotten-tomatoes --max-train-samples 4000 --epochs 2
+	$(BIN)/plmkit transfer
 
 test: install
 	$(BIN)/python -m pytest $(TEST_ARGS)

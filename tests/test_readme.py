@@ -1,0 +1,23 @@
+"""The README's two set-up commands stay true: CI runs exactly the second one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _setup_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    block = text.split("```bash\n", 1)[1].split("```", 1)[0]
+    return [line for line in block.splitlines() if line.strip()]
+
+
+def test_readme_opens_with_two_commands_and_ci_runs_the_test_one():
+    demo, test = _setup_commands()
+    assert demo.endswith("plmkit transfer") and "torch==2.13.0" in demo
+    assert demo.index("torch==2.13.0") < demo.index("install -e .")
+    assert "pytest" in test and test.index("torch==2.13.0") < test.index('-e ".[dev]"')
+    ci_lines = [line for line in (ROOT / ".ci" / "run").read_text().splitlines()
+                if line.strip() and not line.startswith(("#", "set ", "cd "))]
+    assert ci_lines == [test]
