@@ -14,6 +14,7 @@ import logging
 import statistics
 import time
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from plmkit import distributed
@@ -114,6 +115,11 @@ class TransferSetup:
         return names
 
 
+def _display_name(task_spec: str) -> str:
+    """A built-in name as it is; a file or folder by its stem (``data/sst2`` -> ``sst2``)."""
+    return Path(task_spec).stem if ("/" in task_spec or "." in task_spec) else task_spec
+
+
 def _limit(value: int | None) -> int | None:
     return value if value and value > 0 else None
 
@@ -132,7 +138,7 @@ def source_adapter(backbone: Backbone, task_spec: str, setup: TransferSetup, bas
     found = store.get(key)
     if found is not None:
         logger.info("stage 1: reusing %s adapter from %s", task_spec, found)
-        return SourceRef(task_spec, str(found), key)
+        return SourceRef(_display_name(task_spec), str(found), key)
     logger.info("stage 1: training the %s adapter (store key %s)", task_spec, key)
     task = load_task(task_spec, seed=setup.data_seed, max_train_samples=_limit(setup.source_max_train_samples),
                      max_eval_samples=_limit(setup.source_max_eval_samples))
@@ -152,7 +158,7 @@ def source_adapter(backbone: Backbone, task_spec: str, setup: TransferSetup, bas
                      extra={"task": task.describe(), "label_names": task.label_names, "validation": best})
         store.put(key, folder)
     distributed.barrier()
-    return SourceRef(task_spec, str(store.path(key)), key)
+    return SourceRef(_display_name(task_spec), str(store.path(key)), key)
 
 
 # ------------------------------------------------------------------------------ stage 2
@@ -199,7 +205,7 @@ def _heatmap(outcome: dict[str, Any], refs: list[SourceRef], run: RunFolder) -> 
         return None
     weights = handle.source_weights().numpy()  # (layers, sources)
     method = outcome["method"]
-    label = "mean attention on validation" if method == "fusion" else "mean scale ω"
+    label = "mean attention (validation)" if method == "fusion" else "mean scale ω"
     path = run.path / f"source_weights_{method}.png"
     plot_heatmap(weights, [f"layer {i}" for i in range(weights.shape[0])], [r.name for r in refs], path,
                  title=f"{method}: per-layer weight of each source", colorbar_label=label)

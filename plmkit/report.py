@@ -65,7 +65,7 @@ def plot_training_curves(train_log: str | Path, out_path: str | Path, metric: st
         twin.plot([e["step"] for e in evals], [e[key] for e in evals], "o-", color="tab:orange")
         twin.set_ylabel(f"validation {key}", color="tab:orange")
     fig.tight_layout()
-    fig.savefig(out_path)
+    fig.savefig(out_path, bbox_inches="tight")
     plt.close(fig)
     return Path(out_path)
 
@@ -80,18 +80,18 @@ def plot_heatmap(matrix: Any, row_labels: Sequence[str], col_labels: Sequence[st
     import numpy as np
 
     values = np.asarray(matrix, dtype=float)
-    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(col_labels), 1.0 + 0.45 * len(row_labels)), dpi=120)
+    fig, ax = plt.subplots(figsize=(2.5 + 1.1 * len(col_labels), 1.6 + 0.45 * len(row_labels)), dpi=120)
     image = ax.imshow(values, cmap="viridis", aspect="auto")
     ax.set_xticks(range(len(col_labels)), labels=col_labels, rotation=30, ha="right")
     ax.set_yticks(range(len(row_labels)), labels=row_labels)
     middle = (values.max() + values.min()) / 2
     for (i, j), value in np.ndenumerate(values):
-        ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
+        ax.text(j, i, f"{value:.3g}", ha="center", va="center", fontsize=7,
                 color="black" if value > middle else "white")
     fig.colorbar(image, ax=ax, label=colorbar_label)
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(out_path)
+    fig.savefig(out_path, bbox_inches="tight")
     plt.close(fig)
     return Path(out_path)
