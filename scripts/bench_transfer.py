@@ -13,9 +13,10 @@ Peer environment (made once, ignored by git):
     python -m venv .bench/adapters-venv
     .bench/adapters-venv/bin/pip install torch==2.13.0 adapters==1.3.0
 
-Memory: on GPU the allocator's peak; on CPU the process's resident high-water mark while the timed
-steps run, also reported above the resident size just before them ("step MB"), which removes the
-different import footprints of the two environments.
+Throughput: batch / median step time after the warm-up steps. Memory ("MB" columns): the peak above
+what was resident (CPU) or allocated (GPU) just before the first training step — optimiser state,
+activations and workspace, without the model weights or the two environments' import footprints;
+the absolute peak is in the JSON too.
 """
 
 from __future__ import annotations
@@ -84,21 +85,38 @@ def _batch(shape: dict, device: str, step: int):
 
 
 class _Clock:
-    """Counts calls; timing starts after the warm-up steps."""
+    """Time stamps at the start of every step; peak memory counted from before the first step.
+
+    Throughput uses the median step time after the warm-up steps (robust to a noisy neighbour);
+    memory is the peak above the resident size (or GPU allocation) just before training starts,
+    i.e. optimiser state + activations + workspace, not the model weights or library imports.
+    """
 
     def __init__(self, warmup: int, device: str) -> None:
-        self.calls, self.warmup, self.device = 0, warmup, device
-        self.start, self.baseline = None, None
+        self.warmup, self.device = warmup, device
+        self.stamps: list[float] = []
+        self.baseline: float | None = None
 
     def tick(self) -> None:
-        if self.calls == self.warmup:
+        if not self.stamps:
+            self.baseline = _reset_peak(self.device)
+        self._sync()
+        self.stamps.append(time.perf_counter())
+
+    def _sync(self) -> None:
+        if self.device == "cuda":
             import torch
 
-            if self.device == "cuda":
-                torch.cuda.synchronize()
-            self.baseline = _reset_peak(self.device)
-            self.start = time.perf_counter()
-        self.calls += 1
+            torch.cuda.synchronize()
+
+    def result(self, batch: int) -> dict:
+        self.tick()
+        later = self.stamps[self.warmup:]
+        steps = sorted(b - a for a, b in zip(later, later[1:], strict=False))
+        median = steps[len(steps) // 2]
+        peak = _peak(self.device)
+        return {"samples_per_s": batch / median, "step_s": median, "peak_mb": peak,
+                "step_mb": peak - self.baseline}
 
 
 # ----------------------------------------------------------------------------- workers
@@ -136,11 +154,7 @@ def worker_ours(method: str, n: int, shape: dict, steps: int, warmup: int) -> di
     config = TrainerConfig(output_dir=str(tmp / "run"), epochs=1, batch_size=1, learning_rate=1e-4,
                            precision=shape["precision"], save_checkpoints=False, progress=False)
     Trainer(model, loss_fn, data, config, collate_fn=lambda items: items[0]).train()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    elapsed = time.perf_counter() - clock.start
-    return {"samples_per_s": steps * shape["batch"] / elapsed, "peak_mb": _peak(device),
-            "step_mb": _peak(device) - clock.baseline}
+    return clock.result(shape["batch"])
 
 
 def worker_peer(method: str, n: int, shape: dict, steps: int, warmup: int) -> dict:
@@ -175,11 +189,7 @@ def worker_peer(method: str, n: int, shape: dict, steps: int, warmup: int) -> di
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    elapsed = time.perf_counter() - clock.start
-    return {"samples_per_s": steps * shape["batch"] / elapsed, "peak_mb": _peak(device),
-            "step_mb": _peak(device) - clock.baseline}
+    return clock.result(shape["batch"])
 
 
 # ----------------------------------------------------------------------------- driver
@@ -211,8 +221,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     parser.add_argument("--sources", default="2,4,8,16")
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--peer-python", default=str(DEFAULT_PEER))
     parser.add_argument("--out", default=None)
     parser.add_argument("--worker", choices=["ours", "peer"], help=argparse.SUPPRESS)
