@@ -118,5 +118,5 @@ def register_transfer(sub: argparse._SubParsersAction) -> None:
     add_dataclass_arguments(parser, TransferSetup, title="transfer")
     add_dataclass_arguments(parser, TrainerConfig, title="stage-2 training",
                             exclude=("learning_rate", "seed", "metric", "greater_is_better"),
-                            defaults={"output_dir": None, "epochs": 2, "batch_size": 32})
+                            defaults={"output_dir": None, "epochs": 3, "batch_size": 32})
     parser.set_defaults(func=cmd_transfer, _parser=parser)
