@@ -11,7 +11,6 @@ layer index, so stage-2 methods can load several sources onto one backbone.
 
 from __future__ import annotations
 
-import json
 import logging
 import warnings
 from dataclasses import asdict, dataclass
@@ -22,13 +21,18 @@ import torch
 from torch import nn
 
 from plmkit.backbones import backbone_signature
-from plmkit.io import atomic_directory, atomic_write_json, save_tensors_atomic
+from plmkit.mtl.saving import (
+    ModuleFolderError,
+    head_state,
+    read_module_config,
+    read_module_folder,
+    write_module_folder,
+)
 from plmkit.mtl.sites import find_feed_forward_sites, install_block, remove_block
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "plmkit-adapter"
-FORMAT_VERSION = 1
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
 
 
@@ -133,30 +137,17 @@ def attach_adapters(model: nn.Module, config: AdapterConfig | None = None, freez
 def save_adapter(path: str | Path, handle: AdapterHandle, head: nn.Module | None = None,
                  backbone_name: str = "", extra: dict[str, Any] | None = None) -> Path:
     """Write ``config.json`` + ``weights.safetensors`` (adapters and head only) atomically."""
-    tensors = {f"adapter.{k}": v.detach().float().cpu() for k, v in handle.state_dict().items()}
-    head_config = None
-    if head is not None:
-        tensors.update({f"head.{k}": v.detach().float().cpu() for k, v in head.state_dict().items()})
-        head_config = head.config.to_dict() if hasattr(head, "config") else None
-    meta = {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "adapter": asdict(handle.config),
-        "backbone": backbone_signature(handle.model, backbone_name), "head": head_config, **(extra or {}),
-    }
-    with atomic_directory(path) as tmp:
-        save_tensors_atomic(tensors, tmp / "weights.safetensors")
-        atomic_write_json(tmp / "config.json", meta)
-    return Path(path)
+    head_tensors, head_config = head_state(head)
+    meta = {"adapter": asdict(handle.config), "backbone": backbone_signature(handle.model, backbone_name),
+            "head": head_config, **(extra or {})}
+    return write_module_folder(path, FORMAT, {"adapter": handle.state_dict(), "head": head_tensors}, meta)
 
 
 def read_adapter_config(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    config_file = path / "config.json"
-    if not config_file.is_file() or not (path / "weights.safetensors").is_file():
-        raise AdapterLoadError(f"{path} is not a saved adapter (needs config.json and weights.safetensors)")
-    meta = json.loads(config_file.read_text())
-    if meta.get("format") != FORMAT:
-        raise AdapterLoadError(f"{config_file} is not a plmkit adapter (format {meta.get('format')!r})")
-    return meta
+    try:
+        return read_module_config(path, FORMAT, "adapter")
+    except ModuleFolderError as error:
+        raise AdapterLoadError(str(error)) from error
 
 
 def check_backbone(meta: dict[str, Any], model: nn.Module, source: str, backbone_name: str = "") -> None:
@@ -176,13 +167,11 @@ def check_backbone(meta: dict[str, Any], model: nn.Module, source: str, backbone
 
 def load_adapter_weights(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """(config, adapter tensors, head tensors) of a saved adapter, without touching a model."""
-    from safetensors.torch import load_file
-
-    meta = read_adapter_config(path)
-    tensors = load_file(str(Path(path) / "weights.safetensors"))
-    adapter = {k.removeprefix("adapter."): v for k, v in tensors.items() if k.startswith("adapter.")}
-    head = {k.removeprefix("head."): v for k, v in tensors.items() if k.startswith("head.")}
-    return meta, adapter, head
+    try:
+        meta, groups = read_module_folder(path, FORMAT, "adapter")
+    except ModuleFolderError as error:
+        raise AdapterLoadError(str(error)) from error
+    return meta, groups.get("adapter", {}), groups.get("head", {})
 
 
 def load_adapter(path: str | Path, model: nn.Module, backbone_name: str = "",

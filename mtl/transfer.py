@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from plmkit.backbones import backbone_signature
-from plmkit.io import atomic_directory, atomic_write_json, save_tensors_atomic
 from plmkit.mtl.adapters import AdapterLoadError, check_backbone, load_adapter_weights
 from plmkit.mtl.fusion import FusionBlock, FusionConfig
+from plmkit.mtl.saving import ModuleFolderError, head_state, read_module_folder, write_module_folder
 from plmkit.mtl.scalearn import VARIANTS, ScaLearnConfig, ScaleBlock, init_scales
 from plmkit.mtl.sites import find_feed_forward_sites, install_block, remove_block
 from plmkit.mtl.sources import SourceAdapters
@@ -198,35 +198,20 @@ def attach_transfer(model: nn.Module, composition: Composition, backbone_name: s
 def save_transfer(path: str | Path, handle: TransferHandle, head: nn.Module | None = None,
                   backbone_name: str = "", extra: dict[str, Any] | None = None) -> Path:
     """``config.json`` (composition + backbone + head) and ``weights.safetensors`` (transfer + head)."""
-    tensors = {f"transfer.{k}": v.float().cpu() for k, v in handle.state_dict().items()}
-    head_config = None
-    if head is not None:
-        tensors.update({f"head.{k}": v.detach().float().cpu() for k, v in head.state_dict().items()})
-        head_config = head.config.to_dict() if hasattr(head, "config") else None
-    meta = {"format": FORMAT, "format_version": 1, "composition": handle.composition.to_dict(),
-            "backbone": backbone_signature(handle.model, backbone_name), "head": head_config, **(extra or {})}
-    with atomic_directory(path) as tmp:
-        save_tensors_atomic(tensors, tmp / "weights.safetensors")
-        atomic_write_json(tmp / "config.json", meta)
-    return Path(path)
+    head_tensors, head_config = head_state(head)
+    meta = {"composition": handle.composition.to_dict(), "head": head_config,
+            "backbone": backbone_signature(handle.model, backbone_name), **(extra or {})}
+    return write_module_folder(path, FORMAT, {"transfer": handle.state_dict(), "head": head_tensors}, meta)
 
 
 def load_transfer(path: str | Path, model: nn.Module, backbone_name: str = ""
                   ) -> tuple[TransferHandle, dict[str, Any], dict[str, torch.Tensor]]:
     """Rebuild a saved stage-2 setup on ``model``; returns (handle, config, head tensors)."""
-    import json
-
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not (path / "config.json").is_file() or not (path / "weights.safetensors").is_file():
-        raise AdapterLoadError(f"{path} is not a saved transfer setup (needs config.json and weights.safetensors)")
-    meta = json.loads((path / "config.json").read_text())
-    if meta.get("format") != FORMAT:
-        raise AdapterLoadError(f"{path} is not a plmkit transfer setup (format {meta.get('format')!r})")
+    try:
+        meta, groups = read_module_folder(path, FORMAT, "transfer setup")
+    except ModuleFolderError as error:
+        raise AdapterLoadError(str(error)) from error
     check_backbone(meta, model, str(path), backbone_name)
     handle = attach_transfer(model, Composition.from_dict(meta["composition"]), backbone_name)
-    tensors = load_file(str(path / "weights.safetensors"))
-    handle.load_state_dict({k[len("transfer."):]: v for k, v in tensors.items() if k.startswith("transfer.")})
-    head = {k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")}
-    return handle, meta, head
+    handle.load_state_dict(groups.get("transfer", {}))
+    return handle, meta, groups.get("head", {})

@@ -30,3 +30,13 @@ def make_encoder(_encoder_cache):
         return copy.deepcopy(_encoder_cache[model_type])
 
     return build
+
+
+@pytest.fixture
+def tiny_backbone_dir(make_encoder, tmp_path):
+    """The tiny random BERT saved as a local model folder (what a user passes as --backbone)."""
+    backbone = make_encoder("bert")
+    path = tmp_path / "tiny-bert"
+    backbone.model.save_pretrained(path)
+    backbone.tokenizer.save_pretrained(path)
+    return path

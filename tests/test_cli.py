@@ -26,15 +26,6 @@ def _write_task(folder, n_train=48, n_eval=16):
     return folder
 
 
-@pytest.fixture
-def tiny_backbone_dir(make_encoder, tmp_path):
-    backbone = make_encoder("bert")
-    path = tmp_path / "tiny-bert"
-    backbone.model.save_pretrained(path)
-    backbone.tokenizer.save_pretrained(path)
-    return path
-
-
 def test_adapters_train_writes_a_complete_run_folder(tmp_path, tiny_backbone_dir, capsys):
     task = _write_task(tmp_path / "task")
     run = tmp_path / "run"

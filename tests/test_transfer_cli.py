@@ -16,15 +16,6 @@ from plmkit.textclf import TaskData
 from tests.test_cli import _write_task
 
 
-@pytest.fixture
-def tiny_backbone_dir(make_encoder, tmp_path):
-    backbone = make_encoder("bert")
-    path = tmp_path / "tiny-bert"
-    backbone.model.save_pretrained(path)
-    backbone.tokenizer.save_pretrained(path)
-    return path
-
-
 def _args(tmp_path, backbone, *extra):
     sources = ",".join(str(_write_task(tmp_path / name)) for name in ("src_a", "src_b"))
     target = _write_task(tmp_path / "target")
