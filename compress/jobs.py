@@ -1,0 +1,259 @@
+"""The jobs behind ``plmkit compress mpo`` and ``plmkit compress mpo-deep``: each writes a run folder.
+
+``mpo`` (MPOP workflow by default): fine-tune the dense model on the task (the uncompressed
+reference), decompose its encoder to the parameter budget, evaluate (before), fine-tune the
+auxiliary tensors or everything (after), save the MPO model and its dense merge, time the forward.
+``mpo-deep``: grow a k x L-layer MPO encoder with shared central tensors, check how close it starts to
+the shallow model, fine-tune it and the shallow dense model the same way, and compare.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import statistics
+import time
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from plmkit import distributed
+from plmkit.backbones import DEFAULT_ENCODER, load_encoder
+from plmkit.compress.mpo_depth import DeepMPOConfig, build_deep_mpo, hidden_deviation
+from plmkit.compress.mpo_io import LoadedMPOModel, export_dense, save_mpo_model
+from plmkit.compress.mpo_model import MPOConfig, attach_mpo, count_parameters, mpo_layers
+from plmkit.models import build_classifier
+from plmkit.runs import RunFolder, environment
+from plmkit.tasks import load_task
+from plmkit.textclf import TaskData, train_classifier
+from plmkit.trainer import TrainerConfig, seed_everything
+
+logger = logging.getLogger("plmkit")
+COMPRESS_FROM = ("finetuned", "pretrained")
+
+
+@dataclass
+class CompressSetup:
+    """Which model and task, and how the compressed model is obtained and measured."""
+
+    model: str = DEFAULT_ENCODER
+    """A bundled asset name, a local model folder, or a hub id."""
+    task: str | None = None
+    """A built-in task or a data folder to fine-tune and evaluate on (none: compress only)."""
+    compress_from: str = "finetuned"
+    """'finetuned': fine-tune dense, compress, fine-tune again (MPOP); 'pretrained': compress, then fine-tune."""
+    dense_epochs: int | None = None
+    """Epochs of the dense fine-tuning (default: --epochs)."""
+    mpo_learning_rate: float | None = None
+    """Learning rate when fine-tuning the MPO model (default: --learning-rate)."""
+    max_length: int = 128
+    """Tokens per example after truncation."""
+    pooling: str = "cls"
+    """Head pooling: 'cls' (merges into a standard *ForSequenceClassification) or 'mean'."""
+    max_train_samples: int | None = None
+    """Subsample the training split (seeded)."""
+    max_eval_samples: int | None = None
+    """Subsample validation and test splits (seeded)."""
+    data_seed: int = 0
+    """Seed of the task's splits and subsampling."""
+    merge: bool = True
+    """Also write the dense merge (a plain Hugging Face folder) next to the MPO model."""
+    latency_batch: int = 32
+    """Sequences per batch when timing the forward pass."""
+    latency_tokens: int = 64
+    """Tokens per sequence when timing the forward pass."""
+
+    def __post_init__(self) -> None:
+        if self.compress_from not in COMPRESS_FROM:
+            raise ValueError(f"compress_from must be one of {COMPRESS_FROM}, got {self.compress_from!r}")
+        if self.pooling not in ("cls", "mean"):
+            raise ValueError(f"pooling must be 'cls' or 'mean', got {self.pooling!r}")
+        if self.dense_epochs is not None and self.dense_epochs < 0:
+            raise ValueError(f"dense_epochs must be >= 0, got {self.dense_epochs}")
+
+    def load_task(self):
+        return load_task(self.task, seed=self.data_seed, max_train_samples=self.max_train_samples,
+                         max_eval_samples=self.max_eval_samples)
+
+
+# ------------------------------------------------------------------------------ helpers
+@torch.no_grad()
+def forward_latency_ms(model: nn.Module, batch: dict[str, torch.Tensor], repeats: int = 5) -> float:
+    """Median wall time of one eval forward pass (after a warm-up pass)."""
+    was = model.training
+    model.eval()
+    model(**batch)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        model(**batch)
+        times.append((time.perf_counter() - started) * 1e3)
+    model.train(was)
+    return statistics.median(times)
+
+
+def latency_batch(tokenizer: Any, batch: int, tokens: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A fixed batch of random in-vocabulary token ids with full attention."""
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, len(tokenizer), (batch, tokens), generator=generator)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def _encoder_only(model: nn.Module) -> nn.Module:
+    return model.encoder if hasattr(model, "head") else model
+
+
+def _splits(data: TaskData, model: nn.Module) -> dict[str, dict[str, float]]:
+    return {"validation": data.evaluate(model, "validation"), "test": data.evaluate(model, "test")}
+
+
+def _finetune(model: nn.Module, data: TaskData, trainer: TrainerConfig, folder: str) -> dict[str, Any]:
+    result = train_classifier(model, data, replace(trainer, output_dir=folder, metric=None))
+    model.float()
+    return {"train": result.to_dict(), **_splits(data, model)}
+
+
+# ------------------------------------------------------------------------------ mpo
+def _compressed_model(setup: CompressSetup, dense: nn.Module, num_labels: int | None) -> nn.Module:
+    if setup.compress_from == "finetuned" or num_labels is None:
+        return copy.deepcopy(dense)
+    return build_classifier(load_encoder(setup.model).model, num_labels, pooling=setup.pooling)
+
+
+def compress_mpo(setup: CompressSetup, config: MPOConfig, trainer: TrainerConfig, run: RunFolder) -> dict[str, Any]:
+    """Compress ``setup.model`` with ``config``; fine-tune and evaluate when a task is given."""
+    started = time.perf_counter()
+    seed_everything(trainer.seed)
+    task = setup.load_task() if setup.task else None
+    backbone = load_encoder(setup.model)
+    run.write_json("config.json", {"job": "compress mpo", "setup": asdict(setup), "mpo": asdict(config),
+                                   "trainer": asdict(trainer), "backbone": backbone.signature(),
+                                   "task": task.describe() if task else None, "environment": environment()})
+    metrics: dict[str, Any] = {"model": backbone.name, "task": task.name if task else None}
+    dense, data = backbone.model, None
+    if task is not None:
+        data = TaskData(task, backbone.tokenizer, setup.max_length)
+        dense = build_classifier(backbone.model, task.num_labels, pooling=setup.pooling)
+        epochs = trainer.epochs if setup.dense_epochs is None else setup.dense_epochs
+        metrics["dense"] = (_finetune(dense, data, replace(trainer, epochs=epochs), str(run.path / "dense"))
+                            if epochs else _splits(data, dense))
+    model = _compressed_model(setup, dense, task.num_labels if task else None)
+    handle = attach_mpo(model, config)
+    if hasattr(model, "head"):
+        model.head.requires_grad_(config.trainable != "none")
+    metrics["parameters"] = {"dense": count_parameters(dense), "mpo": count_parameters(model)}
+    metrics["parameters"]["encoder_fraction"] = (metrics["parameters"]["mpo"]["encoder"]
+                                                 / metrics["parameters"]["dense"]["encoder"])
+    metrics["layers"] = handle.report
+    logger.info("encoder parameters %d -> %d (%.1f%%)", metrics["parameters"]["dense"]["encoder"],
+                metrics["parameters"]["mpo"]["encoder"], 100 * metrics["parameters"]["encoder_fraction"])
+    if data is not None:
+        metrics["before"] = _splits(data, model)
+        if config.trainable != "none":
+            lr = setup.mpo_learning_rate or trainer.learning_rate
+            metrics["after"] = _finetune(model, data, replace(trainer, learning_rate=lr), str(run.path / "mpo"))
+    metrics["latency_ms"] = _latencies(dense, model, backbone.tokenizer, setup)
+    _save(run, model, backbone, task, setup, config, metrics)
+    metrics["wall_time_s"] = time.perf_counter() - started
+    run.write_json("metrics.json", metrics)
+    return metrics
+
+
+def _latencies(dense: nn.Module, model: nn.Module, tokenizer: Any, setup: CompressSetup) -> dict[str, Any]:
+    batch = latency_batch(tokenizer, setup.latency_batch, setup.latency_tokens)
+    out = {"batch": [setup.latency_batch, setup.latency_tokens],
+           "dense": forward_latency_ms(_encoder_only(dense), batch),
+           "mpo_auto": forward_latency_ms(_encoder_only(model), batch)}
+    layers = mpo_layers(model).values()
+    modes = [layer.forward_mode for layer in layers]
+    for forced in ("dense", "factored"):
+        for layer in layers:
+            layer.forward_mode = forced
+        out[f"mpo_{forced}"] = forward_latency_ms(_encoder_only(model), batch, repeats=3)
+    for layer, mode in zip(layers, modes, strict=True):
+        layer.forward_mode = mode
+    return out
+
+
+def _save(run: RunFolder, model: nn.Module, backbone, task, setup, config, metrics: dict[str, Any]) -> None:
+    if not distributed.is_main_process():
+        return
+    extra = {"label_names": task.label_names if task else None, "task": task.describe() if task else None,
+             "mpo": asdict(config), "max_length": setup.max_length}
+    save_mpo_model(run.path / "model", model, backbone.tokenizer, backbone.name, extra=extra)
+    metrics["model_dir"] = str(run.path / "model")
+    if setup.merge:
+        loaded = LoadedMPOModel(model, backbone.tokenizer, {"label_names": extra["label_names"]})
+        metrics["merged"] = export_dense(loaded, run.path / "merged")
+
+
+# ------------------------------------------------------------------------------ mpo-deep
+@dataclass
+class DeepSetup:
+    """Which model and task the deep MPO encoder is grown from and evaluated on."""
+
+    model: str = DEFAULT_ENCODER
+    """A bundled asset name, a local model folder, or a hub id."""
+    task: str = "rotten-tomatoes"
+    """A built-in task or a data folder to fine-tune and evaluate on."""
+    baseline: bool = True
+    """Also fine-tune the shallow dense model the same way, for comparison."""
+    max_length: int = 128
+    """Tokens per example after truncation."""
+    pooling: str = "cls"
+    """Head pooling: 'cls' or 'mean'."""
+    max_train_samples: int | None = None
+    """Subsample the training split (seeded)."""
+    max_eval_samples: int | None = None
+    """Subsample validation and test splits (seeded)."""
+    data_seed: int = 0
+    """Seed of the task's splits and subsampling."""
+
+    def load_task(self):
+        return load_task(self.task, seed=self.data_seed, max_train_samples=self.max_train_samples,
+                         max_eval_samples=self.max_eval_samples)
+
+
+def _init_deviation(backbone, data: TaskData, deep: nn.Module, config: DeepMPOConfig) -> dict[str, float]:
+    """Relative gap of the deep model's hidden states to the shallow ones at init (16 validation texts)."""
+    batch = data.collator(data.validation[:16])
+    batch = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    shallow = build_deep_mpo(backbone.model, replace(config, depth_multiplier=1)).model
+    return {"vs_shallow_shared": hidden_deviation(deep, shallow, batch),
+            "vs_pretrained": hidden_deviation(deep, backbone.model, batch),
+            "shallow_shared_vs_pretrained": hidden_deviation(shallow, backbone.model, batch)}
+
+
+def deep_mpo(setup: DeepSetup, config: DeepMPOConfig, trainer: TrainerConfig, run: RunFolder) -> dict[str, Any]:
+    """Grow a deep MPO encoder from ``setup.model``, fine-tune it on ``setup.task`` and compare."""
+    started = time.perf_counter()
+    seed_everything(trainer.seed)
+    task = setup.load_task()
+    backbone = load_encoder(setup.model)
+    run.write_json("config.json", {"job": "compress mpo-deep", "setup": asdict(setup), "deep": asdict(config),
+                                   "trainer": asdict(trainer), "backbone": backbone.signature(),
+                                   "task": task.describe(), "environment": environment()})
+    data = TaskData(task, backbone.tokenizer, setup.max_length)
+    deep = build_deep_mpo(backbone.model, config)
+    metrics: dict[str, Any] = {"model": backbone.name, "task": task.name, "report": deep.report,
+                               "init_deviation": _init_deviation(backbone, data, deep.model, config)}
+    logger.info("deep model: %d -> %d layers, %d -> %d parameters; init deviation %s",
+                deep.report["pretrained_layers"], deep.report["deep_layers"],
+                deep.report["shallow_parameters"]["total"], deep.report["deep_parameters"]["total"],
+                metrics["init_deviation"])
+    classifier = build_classifier(deep.model, task.num_labels, pooling=setup.pooling)
+    metrics["deep"] = _finetune(classifier, data, trainer, str(run.path / "deep"))
+    if setup.baseline:
+        shallow = build_classifier(backbone.model, task.num_labels, pooling=setup.pooling)
+        metrics["shallow"] = _finetune(shallow, data, trainer, str(run.path / "shallow"))
+    batch = latency_batch(backbone.tokenizer, 32, 64)
+    metrics["latency_ms"] = {"shallow": forward_latency_ms(backbone.model, batch),
+                             "deep": forward_latency_ms(deep.model, batch)}
+    if distributed.is_main_process():
+        save_mpo_model(run.path / "model", classifier, backbone.tokenizer, backbone.name,
+                       extra={"label_names": task.label_names, "task": task.describe(), "deep": asdict(config)})
+    metrics["wall_time_s"] = time.perf_counter() - started
+    run.write_json("metrics.json", metrics)
+    return metrics
