@@ -21,8 +21,6 @@ with ranks[0] = ranks[n] = 1.
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -238,9 +236,11 @@ def mpo_decompose(
 ) -> MPO:
     """Decompose ``weight`` (I x J) into a mixed-canonical MPO with the centre on the middle core.
 
-    Give at most one of: ``ranks`` (an int caps every bond, a list of n+1 sets them), ``max_error``
-    (an absolute Frobenius error that the result is guaranteed not to exceed) or ``param_budget`` (core
-    parameters). With none the MPO is exact. Factors default to ``factorize`` of each side.
+    Give at most one of: ``ranks`` (an int caps every bond, a list of n+1 sets them; cut by the sweep
+    in ``truncate``), ``max_error`` (an absolute Frobenius error the result will not exceed) or
+    ``param_budget`` (core parameters); the last two cut the central tensor's bonds greedily with
+    exact errors (``plmkit.compress.mpo_budget``). With none the MPO is exact. Factors default to
+    ``factorize`` of each side.
     """
     if sum(x is not None for x in (ranks, max_error, param_budget)) > 1:
         raise ValueError("give at most one of ranks, max_error and param_budget")
@@ -254,98 +254,25 @@ def mpo_decompose(
     spectra = move_centre(cores, n - 1, 0)  # right-to-left: every bond's Schmidt values
     move_centre(cores, 0, n // 2)
     mpo = MPO(cores, in_f, out_f, n // 2, spectra)
-    target = _target_ranks(mpo, ranks, max_error, param_budget)
-    return mpo if target is None else truncate(mpo, target)
-
-
-def _target_ranks(mpo: MPO, ranks, max_error, param_budget) -> list[int] | None:
-    full = full_ranks(mpo.in_factors, mpo.out_factors)
     if ranks is not None:
-        if isinstance(ranks, int):
-            if ranks < 1:
-                raise ValueError(f"ranks must be >= 1, got {ranks}")
-            return [min(ranks, f) for f in full]
-        ranks = list(ranks)
-        if len(ranks) != len(full) or any(r < 1 or r > f for r, f in zip(ranks, full, strict=True)):
-            raise MPOShapeError(f"ranks {ranks} must have {len(full)} entries between 1 and the full bonds {full}")
-        return ranks
-    if max_error is not None:
-        if max_error < 0:
+        return truncate(mpo, _explicit_ranks(mpo, ranks))
+    if max_error is not None or param_budget is not None:
+        from plmkit.compress.mpo_budget import shrink
+
+        if max_error is not None and max_error < 0:
             raise ValueError(f"max_error must be >= 0, got {max_error}")
-        return allocate_ranks([RankProblem.of(mpo)], max_error_sq=[max_error**2])[0]
-    if param_budget is not None:
-        return allocate_ranks([RankProblem.of(mpo)], budget=param_budget)[0]
-    return None
+        limits = None if max_error is None else [max_error**2]
+        return shrink([mpo], budget=param_budget, max_error_sq=limits)[0]
+    return mpo
 
 
-# ------------------------------------------------------------------------------ rank allocation
-@dataclass
-class RankProblem:
-    """One matrix's bond spectra and factor shapes, for choosing its bond dimensions."""
-
-    spectra: dict[int, torch.Tensor]
-    in_factors: tuple[int, ...]
-    out_factors: tuple[int, ...]
-    scale: float = 1.0
-    """Multiplies this matrix's squared errors (1 / ||W||^2 compares matrices by relative error)."""
-
-    @classmethod
-    def of(cls, mpo: MPO, scale: float = 1.0) -> RankProblem:
-        return cls(mpo.spectra, mpo.in_factors, mpo.out_factors, scale)
-
-
-def _removal(problem: RankProblem, ranks: list[int], bond: int) -> tuple[float, int] | None:
-    """(added squared error, parameters saved) for lowering ``bond`` by one, or None if not allowed."""
-    r = ranks[bond]
-    pairs = [i * j for i, j in zip(problem.in_factors, problem.out_factors, strict=True)]
-    # Keep every bond realisable: d_b <= d_{b-1} * pair_{b-1} and d_b <= pair_b * d_{b+1}.
-    if r <= 1 or (r - 1) * pairs[bond - 1] < ranks[bond - 1] or (r - 1) * pairs[bond] < ranks[bond + 1]:
-        return None
-    sigma = problem.spectra[bond]
-    cost = float(sigma[r - 1]) ** 2 * problem.scale if r - 1 < len(sigma) else 0.0
-    return cost, pairs[bond - 1] * ranks[bond - 1] + pairs[bond] * ranks[bond + 1]
-
-
-def allocate_ranks(problems: list[RankProblem], budget: int | None = None,
-                   max_error_sq: list[float] | None = None) -> list[list[int]]:
-    """Greedy: drop the bond unit with the least added error per saved parameter, lazily re-scored.
-
-    With ``budget`` (total core parameters over all problems) it stops once the total fits; with
-    ``max_error_sq`` (per problem) it drops units while that problem's sum of Schmidt tails stays
-    within its bound, which guarantees the error because error^2 <= sum_b tail_b^2.
-    """
-    ranks = [full_ranks(p.in_factors, p.out_factors) for p in problems]
-    total = sum(mpo_parameters(r, p.in_factors, p.out_factors) for r, p in zip(ranks, problems, strict=True))
-    floor = sum(mpo_parameters([1] * len(r), p.in_factors, p.out_factors) for r, p in zip(ranks, problems, strict=True))
-    if budget is not None and budget < floor:
-        raise ValueError(f"a budget of {budget:,} parameters is below the smallest possible MPO ({floor:,} at bond 1)")
-    spent = [0.0] * len(problems)
-    counter = itertools.count()
-    heap: list = []
-
-    def push(pi: int, bond: int) -> None:
-        move = _removal(problems[pi], ranks[pi], bond)
-        if move is not None:
-            heapq.heappush(heap, (move[0] / move[1], next(counter), pi, bond, ranks[pi][bond], move))
-
-    for pi, r in enumerate(ranks):
-        for bond in range(1, len(r) - 1):
-            push(pi, bond)
-    while heap and (budget is None or total > budget):
-        score, _, pi, bond, seen, move = heapq.heappop(heap)
-        current = _removal(problems[pi], ranks[pi], bond)
-        if current is None or ranks[pi][bond] != seen or current != move:
-            if current is not None:
-                push(pi, bond)
-            continue
-        if max_error_sq is not None and spent[pi] + move[0] > max_error_sq[pi]:
-            continue
-        ranks[pi][bond] -= 1
-        spent[pi] += move[0]
-        total -= move[1]
-        for b in (bond - 1, bond, bond + 1):
-            if 1 <= b < len(ranks[pi]) - 1:
-                push(pi, b)
-    if budget is not None and total > budget:
-        raise ValueError(f"could not meet the budget of {budget:,} parameters (reached {total:,})")
+def _explicit_ranks(mpo: MPO, ranks: int | Sequence[int]) -> list[int]:
+    full = full_ranks(mpo.in_factors, mpo.out_factors)
+    if isinstance(ranks, int):
+        if ranks < 1:
+            raise ValueError(f"ranks must be >= 1, got {ranks}")
+        return [min(ranks, f) for f in full]
+    ranks = list(ranks)
+    if len(ranks) != len(full) or any(r < 1 or r > f for r, f in zip(ranks, full, strict=True)):
+        raise MPOShapeError(f"ranks {ranks} must have {len(full)} entries between 1 and the full bonds {full}")
     return ranks

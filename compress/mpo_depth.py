@@ -97,7 +97,7 @@ def layer_groups(num_layers: int, num_groups: int) -> list[list[int]]:
     """Split layers 0..L-1 into ``num_groups`` contiguous groups of near-equal size."""
     if not 1 <= num_groups <= num_layers:
         raise ValueError(f"num_groups must be between 1 and the {num_layers} pretrained layers, got {num_groups}")
-    bounds = [round(g * num_layers / num_groups) for g in range(num_groups + 1)]
+    bounds = [g * num_layers // num_groups for g in range(num_groups + 1)]
     return [list(range(bounds[g], bounds[g + 1])) for g in range(num_groups)]
 
 

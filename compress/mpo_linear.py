@@ -207,6 +207,8 @@ class MPOLinear(nn.Module):
         return out if self.bias is None else out + self.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"MPOLinear expects {self.in_features} input features, got {x.shape[-1]}")
         lead = x.shape[:-1]
         # (..., I) -> (N, I)
         flat = x.reshape(-1, self.in_features)

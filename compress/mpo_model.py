@@ -3,8 +3,9 @@
 ``attach_mpo(model, MPOConfig(budget=0.5))`` decomposes every matching ``nn.Linear`` into a
 canonical MPO, picks bond dimensions so that the encoder keeps ``budget`` of its parameters, and
 swaps in ``MPOLinear`` modules. The budget is spent by one greedy pass over all matrices at once:
-each step drops the bond unit that adds the least *relative* squared error (sigma^2 / ||W||^2) per
-parameter saved, so matrices that compress well give more. Fine-tuning then updates only the
+each step cuts the central-tensor bond (of any matrix) that adds the least *relative* squared error
+(sigma^2 / ||W||^2) per parameter saved, with exactly known errors (``mpo_budget``), so matrices
+that compress well give more. Fine-tuning then updates only the
 auxiliary tensors (MPOP) or everything.
 """
 
@@ -18,14 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from plmkit.compress.mpo import (
-    MPO,
-    RankProblem,
-    allocate_ranks,
-    full_ranks,
-    mpo_decompose,
-    truncate,
-)
+from plmkit.compress.mpo import MPO, full_ranks, mpo_decompose, truncate
+from plmkit.compress.mpo_budget import shrink
 from plmkit.compress.mpo_linear import FORWARD_MODES, MPOLinear
 
 ALLOCATIONS = ("global", "uniform")
@@ -118,21 +113,19 @@ def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
 
 
-# ------------------------------------------------------------------------------ rank choice
-def _choose_ranks(mpos: list[MPO], norms: list[float], config: MPOConfig, cores_budget: int | None) -> list[list[int]]:
+# ------------------------------------------------------------------------------ size rules
+def _compress(mpos: list[MPO], norms: list[float], config: MPOConfig, cores_budget: int | None) -> list[MPO]:
+    """Truncate each exact MPO by the configured rule (bond cap, relative error, or shared budget)."""
     if config.max_bond is not None:
-        return [[min(config.max_bond, f) for f in full_ranks(m.in_factors, m.out_factors)] for m in mpos]
+        return [truncate(m, [min(config.max_bond, f) for f in full_ranks(m.in_factors, m.out_factors)]) for m in mpos]
     if config.max_error is not None:
-        return [allocate_ranks([RankProblem.of(m)], max_error_sq=[(config.max_error * w) ** 2])[0]
-                for m, w in zip(mpos, norms, strict=True)]
+        return [shrink([m], max_error_sq=[(config.max_error * w) ** 2])[0] for m, w in zip(mpos, norms, strict=True)]
     if cores_budget is None:
-        return [m.ranks for m in mpos]
+        return mpos
     if config.allocation == "global":
-        problems = [RankProblem.of(m, scale=1.0 / max(w * w, 1e-30)) for m, w in zip(mpos, norms, strict=True)]
-        return allocate_ranks(problems, budget=cores_budget)
+        return shrink(mpos, scales=[1.0 / max(w * w, 1e-30) for w in norms], budget=cores_budget)
     sizes = [math.prod(m.shape) for m in mpos]
-    return [allocate_ranks([RankProblem.of(m)], budget=int(cores_budget * s / sum(sizes)))[0]
-            for m, s in zip(mpos, sizes, strict=True)]
+    return [shrink([m], budget=int(cores_budget * s / sum(sizes)))[0] for m, s in zip(mpos, sizes, strict=True)]
 
 
 def _cores_budget(model: nn.Module, targets: list[tuple[str, nn.Linear]], budget: float) -> tuple[int, int]:
@@ -199,10 +192,8 @@ def attach_mpo(model: nn.Module, config: MPOConfig | None = None) -> MPOHandle:
     cores_budget, encoder_params = (None, None)
     if config.budget is not None:
         cores_budget, encoder_params = _cores_budget(model, targets, config.budget)
-    chosen = _choose_ranks(mpos, norms, config, cores_budget)
     layers, report = {}, []
-    for (name, linear), mpo, ranks, norm in zip(targets, mpos, chosen, norms, strict=True):
-        cut = truncate(mpo, ranks)
+    for (name, linear), cut, norm in zip(targets, _compress(mpos, norms, config, cores_budget), norms, strict=True):
         layer = MPOLinear.from_mpo(cut, linear.bias.detach() if linear.bias is not None else None,
                                    dtype=linear.weight.dtype, forward_mode=config.forward_mode)
         set_module(model, name, layer)

@@ -1,0 +1,185 @@
+"""MPO compression of whole encoders: budget, freezing through the trainer, save/load/merge, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from plmkit.compress.mpo_io import MPOLoadError, export_dense, load_mpo_model, save_mpo_model
+from plmkit.compress.mpo_linear import MPOLinear
+from plmkit.compress.mpo_model import MPOConfig, attach_mpo, count_parameters, relative_errors
+from plmkit.models import build_classifier
+
+TEXTS = ["the movie was great fun", "not good at all", "a boring plot and awful actors"]
+
+
+def _batch(tokenizer):
+    enc = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+
+def _classifier(backbone, pooling="cls"):
+    model = build_classifier(backbone.model, num_labels=3, pooling=pooling, dropout=0.0)
+    with torch.no_grad():  # a head that is not near zero, so outputs differ between models
+        model.head.out_proj.weight.normal_(std=1.0)
+    return model.eval()
+
+
+@pytest.mark.parametrize("model_type", ["bert", "distilbert"])
+def test_budget_is_met_and_errors_are_reported_truthfully(make_encoder, model_type):
+    backbone = make_encoder(model_type)
+    reference = make_encoder(model_type).model
+    before = count_parameters(backbone.model)
+    handle = attach_mpo(backbone.model, MPOConfig(budget=0.5))
+    after = count_parameters(backbone.model)
+    assert 0.45 * before["encoder"] <= after["encoder"] <= 0.5 * before["encoder"]
+    assert after["total"] - after["encoder"] == before["total"] - before["encoder"]  # embeddings untouched
+    linears = [n for n, m in reference.named_modules() if isinstance(m, nn.Linear) and ".layer." in f".{n}"]
+    assert sorted(handle.layers) == sorted(linears)
+    measured = relative_errors(backbone.model, reference)
+    for row in handle.report:
+        assert row["relative_error"] == pytest.approx(measured[row["name"]], rel=1e-3, abs=1e-5)
+
+
+def test_full_bond_attach_leaves_the_model_unchanged(make_encoder):
+    backbone = make_encoder("bert")
+    model = _classifier(backbone)
+    batch = _batch(backbone.tokenizer)
+    with torch.no_grad():
+        expected = model(**batch)
+        attach_mpo(model, MPOConfig(budget=None))
+        assert torch.allclose(model(**batch), expected, atol=1e-5)
+
+
+def test_config_validation_names_the_problem():
+    with pytest.raises(ValueError, match="set only one of budget, max_error and max_bond"):
+        MPOConfig(budget=0.5, max_bond=4)
+    with pytest.raises(ValueError, match=r"budget must be in \(0, 1\]"):
+        MPOConfig(budget=1.5)
+    with pytest.raises(ValueError, match="need 5 factors whose product is 32"):
+        MPOConfig(factors="32=2x2x2x2x4")
+    with pytest.raises(ValueError, match="bad factors entry"):
+        MPOConfig(factors="32:2x2")
+    with pytest.raises(ValueError, match="allocation"):
+        MPOConfig(allocation="best")
+
+
+def test_targets_budget_and_factor_overrides(make_encoder):
+    backbone = make_encoder("bert")
+    with pytest.raises(ValueError, match="no nn.Linear module name matches"):
+        attach_mpo(backbone.model, MPOConfig(targets="nothing-here"))
+    with pytest.raises(ValueError, match="cannot be met"):
+        attach_mpo(backbone.model, MPOConfig(budget=0.01))
+    handle = attach_mpo(backbone.model, MPOConfig(budget=None, max_bond=3, targets=r"intermediate",
+                                                  factors="32=4x2x2x2x1,64=4x4x2x2x1"))
+    assert len(handle.layers) == 2
+    layer = next(iter(handle.layers.values()))
+    assert layer.in_factors == (4, 2, 2, 2, 1) and layer.out_factors == (4, 4, 2, 2, 1)
+    assert max(layer.ranks) <= 3
+
+
+def test_max_error_bounds_every_matrix(make_encoder):
+    backbone = make_encoder("bert")
+    reference = make_encoder("bert").model
+    attach_mpo(backbone.model, MPOConfig(budget=None, max_error=0.3))
+    assert max(relative_errors(backbone.model, reference).values()) <= 0.3 + 1e-6
+
+
+def test_auxiliary_fine_tuning_through_the_trainer_leaves_central_tensors(make_encoder, tmp_path):
+    from plmkit.textclf import PadCollator, classification_loss, encode_split
+    from plmkit.trainer import Trainer, TrainerConfig
+
+    backbone = make_encoder("bert")
+    model = build_classifier(backbone.model, num_labels=2)
+    handle = attach_mpo(model, MPOConfig(budget=0.6, trainable="auxiliary"))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".cores." in n and not n.endswith(".cores.2") for n in trainable)
+    model.head.requires_grad_(True)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    rows = {"text": TEXTS * 6, "label": [1, 0, 0] * 6}
+    features = encode_split(rows, ("text",), "label", backbone.tokenizer, max_length=16)
+    config = TrainerConfig(output_dir=str(tmp_path), epochs=1, batch_size=6, learning_rate=1e-2,
+                           progress=False, save_checkpoints=False)
+    Trainer(model, classification_loss, features, config, collate_fn=PadCollator(0)).train()
+    for name, param in model.named_parameters():
+        changed = not torch.equal(param.detach(), before[name])
+        assert changed == (param.requires_grad and name in trainable | {n for n in before if n.startswith("head.")}), name
+    assert all(not layer.central.requires_grad for layer in handle.layers.values())
+
+
+@pytest.mark.parametrize(("model_type", "pooling", "pipeline_task"),
+                         [("bert", "cls", "text-classification"), ("roberta", "cls", "text-classification"),
+                          ("bert", "mean", "feature-extraction"), ("distilbert", "cls", "feature-extraction")])
+def test_save_load_and_merge_round_trip(make_encoder, tmp_path, model_type, pooling, pipeline_task):
+    from transformers import pipeline
+
+    backbone = make_encoder(model_type)
+    model = _classifier(backbone, pooling)
+    attach_mpo(model, MPOConfig(budget=0.6, trainable="all"))
+    for layer in model.modules():
+        if isinstance(layer, MPOLinear):  # moved off the decomposition, as after fine-tuning
+            with torch.no_grad():
+                layer.cores[1].add_(0.05 * torch.randn_like(layer.cores[1]))
+    batch = _batch(backbone.tokenizer)
+    with torch.no_grad():
+        expected = model(**batch)
+        hidden = model.encoder(**batch).last_hidden_state
+    save_mpo_model(tmp_path / "m", model, backbone.tokenizer, backbone.name, extra={"label_names": ["a", "b", "c"]})
+    loaded = load_mpo_model(tmp_path / "m")
+    with torch.no_grad():
+        assert torch.equal(loaded.model(**batch), expected)
+    info = export_dense(tmp_path / "m", tmp_path / "merged")
+    assert info["pipeline"] == pipeline_task
+    runner = pipeline(pipeline_task, model=str(tmp_path / "merged"))
+    if pipeline_task == "text-classification":
+        scores = runner(TEXTS, top_k=None)
+        probabilities = torch.softmax(expected, -1)
+        for row, probs in zip(scores, probabilities, strict=True):
+            for item in row:
+                assert item["score"] == pytest.approx(float(probs[["a", "b", "c"].index(item["label"])]), abs=1e-5)
+    else:
+        for k, text in enumerate(TEXTS):
+            features = torch.tensor(runner(text)[0])
+            length = int(batch["attention_mask"][k].sum())
+            assert torch.allclose(features, hidden[k, :length], atol=1e-5)
+        if model_type == "bert" or pooling == "mean":
+            assert (tmp_path / "merged" / "plmkit_head.safetensors").is_file()
+
+
+def test_loading_something_else_fails_clearly(tmp_path, make_encoder):
+    with pytest.raises(MPOLoadError, match="not a saved MPO model"):
+        load_mpo_model(tmp_path)
+    backbone = make_encoder("bert")
+    backbone.model.save_pretrained(tmp_path / "hf")
+    (tmp_path / "hf" / "weights.safetensors").write_bytes(b"")
+    with pytest.raises(MPOLoadError, match="Hugging Face model folder"):
+        load_mpo_model(tmp_path / "hf")
+
+
+def test_compress_cli_writes_a_complete_run_folder(tmp_path, tiny_backbone_dir, capsys):
+    from plmkit.cli import main
+    from tests.test_cli import _write_task
+
+    task = _write_task(tmp_path / "task")
+    run = tmp_path / "run"
+    code = main(["compress", "mpo", "--model", str(tiny_backbone_dir), "--task", str(task), "--budget", "0.6",
+                 "--epochs", "1", "--batch-size", "8", "--max-length", "16", "--output-dir", str(run),
+                 "--no-progress", "--no-save-checkpoints", "--latency-batch", "2", "--latency-tokens", "8"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "encoder at" in out and "mpo after fine-tuning" in out and "mpo factored ms" in out
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["parameters"]["encoder_fraction"] <= 0.6
+    assert {"dense", "before", "after", "latency_ms", "layers"} <= set(metrics)
+    for name in ("config.json", "run.log", "model/config.json", "model/weights.safetensors",
+                 "merged/config.json", "merged/model.safetensors"):
+        assert (run / name).is_file(), name
+    assert main(["compress", "merge", str(run / "model"), "--out", str(tmp_path / "again")]) == 0
+    assert main(["compress", "mpo", "--model", str(tiny_backbone_dir), "--budget", "0.6", "--max-bond", "2",
+                 "--output-dir", str(tmp_path / "x")]) == 0  # --max-bond replaces the default budget
+    assert main(["compress", "mpo", "--model", str(tiny_backbone_dir), "--factors", "32=3x3",
+                 "--output-dir", str(tmp_path / "y")]) == 2
+    assert "need 5 factors" in capsys.readouterr().err
