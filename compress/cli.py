@@ -70,7 +70,9 @@ def _print_mpo_summary(metrics: dict[str, Any], run_path: Path) -> None:
         print("\n" + format_table(_accuracy_rows(metrics, names, key), ["model", f"validation {key}", f"test {key}"],
                                   title=f"task {metrics['task']}"))
     lat = metrics["latency_ms"]
-    print("\n" + format_table([[lat["dense"], lat["mpo_auto"], lat["mpo_dense"], lat["mpo_factored"]]],
+    factored = lat["mpo_factored"] if lat["mpo_factored"] is not None else (
+        f"skipped (~{lat['mpo_factored_predicted_slowdown']:.0f}x dense)")
+    print("\n" + format_table([[lat["dense"], lat["mpo_auto"], lat["mpo_dense"], factored]],
                               ["dense ms", "mpo auto ms", "mpo rebuild ms", "mpo factored ms"],
                               title=f"encoder forward, batch {lat['batch'][0]} x {lat['batch'][1]} tokens"))
     print(f"\nrun folder: {run_path}  (metrics.json, model/ (MPO), merged/ (plain Hugging Face), run.log)")

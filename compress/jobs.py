@@ -21,17 +21,22 @@ from torch import nn
 
 from plmkit import distributed
 from plmkit.backbones import DEFAULT_ENCODER, load_encoder
+from plmkit.compress.distill import distillation_loss
 from plmkit.compress.mpo_depth import DeepMPOConfig, build_deep_mpo, hidden_deviation
 from plmkit.compress.mpo_io import LoadedMPOModel, export_dense, save_mpo_model
+from plmkit.compress.mpo_linear import FACTORED_PENALTY
 from plmkit.compress.mpo_model import MPOConfig, attach_mpo, count_parameters, mpo_layers
+from plmkit.metrics import greater_is_better
 from plmkit.models import build_classifier
 from plmkit.runs import RunFolder, environment
 from plmkit.tasks import load_task
 from plmkit.textclf import TaskData, train_classifier
-from plmkit.trainer import TrainerConfig, seed_everything
+from plmkit.trainer import Trainer, TrainerConfig, seed_everything
 
 logger = logging.getLogger("plmkit")
 COMPRESS_FROM = ("finetuned", "pretrained")
+MAX_PREDICTED_SLOWDOWN = 20.0
+"""Skip timing the all-factored forward when the cost model predicts it this many times slower."""
 
 
 @dataclass
@@ -48,6 +53,10 @@ class CompressSetup:
     """Epochs of the dense fine-tuning (default: --epochs)."""
     mpo_learning_rate: float | None = None
     """Learning rate when fine-tuning the MPO model (default: --learning-rate)."""
+    distill: float = 0.0
+    """Weight of distillation from the fine-tuned dense model when fine-tuning the MPO model (0: none)."""
+    distill_temperature: float = 2.0
+    """Softmax temperature of the distillation term."""
     max_length: int = 128
     """Tokens per example after truncation."""
     pooling: str = "cls"
@@ -72,6 +81,10 @@ class CompressSetup:
             raise ValueError(f"pooling must be 'cls' or 'mean', got {self.pooling!r}")
         if self.dense_epochs is not None and self.dense_epochs < 0:
             raise ValueError(f"dense_epochs must be >= 0, got {self.dense_epochs}")
+        if not 0.0 <= self.distill <= 1.0:
+            raise ValueError(f"distill must be in [0, 1], got {self.distill}")
+        if self.distill and not self.task:
+            raise ValueError("distill needs a --task (the teacher is the dense model fine-tuned on it)")
 
     def load_task(self):
         return load_task(self.task, seed=self.data_seed, max_train_samples=self.max_train_samples,
@@ -109,8 +122,16 @@ def _splits(data: TaskData, model: nn.Module) -> dict[str, dict[str, float]]:
     return {"validation": data.evaluate(model, "validation"), "test": data.evaluate(model, "test")}
 
 
-def _finetune(model: nn.Module, data: TaskData, trainer: TrainerConfig, folder: str) -> dict[str, Any]:
-    result = train_classifier(model, data, replace(trainer, output_dir=folder, metric=None))
+def _finetune(model: nn.Module, data: TaskData, trainer: TrainerConfig, folder: str,
+              loss_fn=None) -> dict[str, Any]:
+    """Train through the one trainer, selecting on the task's validation metric."""
+    config = replace(trainer, output_dir=folder, metric=None)
+    if loss_fn is None:
+        result = train_classifier(model, data, config)
+    else:
+        config = replace(config, metric=data.task.metric, greater_is_better=greater_is_better(data.task.metric))
+        evaluate = lambda m: data.evaluate(m, "validation", batch_size=max(64, config.batch_size))  # noqa: E731
+        result = Trainer(model, loss_fn, data.train, config, collate_fn=data.collator, evaluate_fn=evaluate).train()
     model.float()
     return {"train": result.to_dict(), **_splits(data, model)}
 
@@ -153,7 +174,9 @@ def compress_mpo(setup: CompressSetup, config: MPOConfig, trainer: TrainerConfig
         metrics["before"] = _splits(data, model)
         if config.trainable != "none":
             lr = setup.mpo_learning_rate or trainer.learning_rate
-            metrics["after"] = _finetune(model, data, replace(trainer, learning_rate=lr), str(run.path / "mpo"))
+            loss_fn = distillation_loss(dense, setup.distill, setup.distill_temperature) if setup.distill else None
+            metrics["after"] = _finetune(model, data, replace(trainer, learning_rate=lr), str(run.path / "mpo"),
+                                         loss_fn)
     metrics["latency_ms"] = _latencies(dense, model, backbone.tokenizer, setup)
     _save(run, model, backbone, task, setup, config, metrics)
     metrics["wall_time_s"] = time.perf_counter() - started
@@ -168,7 +191,14 @@ def _latencies(dense: nn.Module, model: nn.Module, tokenizer: Any, setup: Compre
            "mpo_auto": forward_latency_ms(_encoder_only(model), batch)}
     layers = mpo_layers(model).values()
     modes = [layer.forward_mode for layer in layers]
+    tokens = setup.latency_batch * setup.latency_tokens
+    slowdown = (sum(FACTORED_PENALTY * layer.flops(tokens, cached=True)["factored"] for layer in layers)
+                / max(1.0, sum(layer.flops(tokens, cached=True)["gemm"] for layer in layers)))
     for forced in ("dense", "factored"):
+        if forced == "factored" and slowdown > MAX_PREDICTED_SLOWDOWN:
+            out["mpo_factored"] = None  # the cost model predicts minutes; not worth timing
+            out["mpo_factored_predicted_slowdown"] = slowdown
+            continue
         for layer in layers:
             layer.forward_mode = forced
         out[f"mpo_{forced}"] = forward_latency_ms(_encoder_only(model), batch, repeats=3)

@@ -166,6 +166,7 @@ def test_compress_cli_writes_a_complete_run_folder(tmp_path, tiny_backbone_dir, 
     task = _write_task(tmp_path / "task")
     run = tmp_path / "run"
     code = main(["compress", "mpo", "--model", str(tiny_backbone_dir), "--task", str(task), "--budget", "0.6",
+                 "--distill", "0.5",
                  "--epochs", "1", "--batch-size", "8", "--max-length", "16", "--output-dir", str(run),
                  "--no-progress", "--no-save-checkpoints", "--latency-batch", "2", "--latency-tokens", "8"])
     assert code == 0
@@ -183,3 +184,25 @@ def test_compress_cli_writes_a_complete_run_folder(tmp_path, tiny_backbone_dir, 
     assert main(["compress", "mpo", "--model", str(tiny_backbone_dir), "--factors", "32=3x3",
                  "--output-dir", str(tmp_path / "y")]) == 2
     assert "need 5 factors" in capsys.readouterr().err
+
+
+def test_distillation_loss_matches_its_definition(make_encoder):
+    from torch.nn import functional as F
+
+    from plmkit.compress.distill import distillation_loss
+
+    backbone = make_encoder("bert")
+    teacher = _classifier(backbone)
+    student = _classifier(make_encoder("bert"))
+    with torch.no_grad():
+        student.head.out_proj.weight.normal_(std=1.0)
+    batch = {**_batch(backbone.tokenizer), "labels": torch.tensor([0, 2, 1])}
+    with torch.no_grad():
+        s, t = student(**batch), teacher(**batch)
+    ce = F.cross_entropy(s, batch["labels"])
+    kl = (F.softmax(t / 3, -1) * (F.log_softmax(t / 3, -1) - F.log_softmax(s / 3, -1))).sum(-1).mean() * 9
+    assert float(distillation_loss(teacher, 0.0, 3.0)(student, batch)) == pytest.approx(float(ce), rel=1e-5)
+    assert float(distillation_loss(teacher, 1.0, 3.0)(student, batch)) == pytest.approx(float(kl), rel=1e-5)
+    assert float(distillation_loss(teacher, 1.0)(teacher, batch)) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="distillation weight"):
+        distillation_loss(teacher, 1.5)
