@@ -45,7 +45,7 @@ TOKENS = (16, 1024)
 # ------------------------------------------------------------------------------ layers
 def _weight(rows: int, cols: int) -> tuple[torch.Tensor, str]:
     """An (out, in) nn.Linear weight: a real pretrained one when available, else a power-law spectrum."""
-    if (rows, cols) == (768, 3072):
+    if (rows, cols) == (3072, 768):
         try:
             from plmkit.backbones import load_encoder
 
@@ -54,10 +54,12 @@ def _weight(rows: int, cols: int) -> tuple[torch.Tensor, str]:
         except Exception as error:  # asset not cached / offline: fall back, and say so
             print(f"(mpnet-base unavailable: {type(error).__name__}; using a synthetic 768x3072 matrix)")
     generator = torch.Generator().manual_seed(0)
-    u = torch.linalg.qr(torch.randn(cols, rows, generator=generator))[0]
-    v = torch.linalg.qr(torch.randn(rows, rows, generator=generator))[0]
-    s = torch.arange(1, rows + 1, dtype=torch.float32) ** -0.5
-    return (v @ torch.diag(s) @ u.T).contiguous() * 10, "synthetic, sigma_k ~ k^-1/2"
+    k = min(rows, cols)
+    u = torch.linalg.qr(torch.randn(rows, k, generator=generator))[0]
+    v = torch.linalg.qr(torch.randn(cols, k, generator=generator))[0]
+    s = torch.arange(1, k + 1, dtype=torch.float32) ** -0.5
+    # (rows, k) diag(k) (k, cols)
+    return (u @ torch.diag(s) @ v.T).contiguous(), "synthetic, sigma_k ~ k^-1/2"
 
 
 def _time(layer: nn.Module, tokens: int, features: int, repeats: int = 3) -> float:
@@ -110,8 +112,12 @@ def bench_layers(tokens=TOKENS, fractions=FRACTIONS) -> list[dict]:
             ours = MPOLinear.from_linear(linear, in_f, out_f, param_budget=budget)
             error = float((ours.merged_weight() - weight).norm() / weight.norm())
             contenders = {"nn.Linear": linear, "mpo auto": ours}
+            tl_error = _tl_error(tl["factorized"], weight) if tl else None
             if tl:
                 contenders.update({"tltorch factorized": tl["factorized"], "tltorch reconstructed": tl["reconstructed"]})
+                # The smallest MPO whose error does not exceed tltorch's: "at equal error".
+                equal = MPOLinear.from_linear(linear, in_f, out_f, max_error=tl_error * float(weight.norm()))
+                contenders["mpo auto, equal error"] = equal
             for n in tokens:
                 timings = {name: _time(layer, n, features_in) for name, layer in contenders.items()}
                 for mode in ("dense", "factored"):
@@ -121,7 +127,8 @@ def bench_layers(tokens=TOKENS, fractions=FRACTIONS) -> list[dict]:
                 rows.append({
                     "shape": f"{features_in}x{features_out}", "weight": source, "fraction": fraction,
                     "params_mpo": sum(c.numel() for c in ours.cores), "params_tltorch": budget if tl else None,
-                    "error_mpo": error, "error_tltorch": _tl_error(tl["factorized"], weight) if tl else None,
+                    "params_mpo_equal_error": sum(c.numel() for c in equal.cores) if tl else None,
+                    "error_mpo": error, "error_tltorch": tl_error,
                     "tokens": n, "auto_path": ours.path_for(n), "ms": {k: 1e3 * v for k, v in timings.items()},
                     "flops": ours.flops(n),
                 })
@@ -221,15 +228,17 @@ def print_tables(results: dict) -> None:
 
     if results.get("layers"):
         headers = ["shape", "params", "N", "err mpo", "err tltorch", "dense ms", "mpo auto ms", "path",
-                   "mpo rebuild ms", "mpo factored ms", "tl factorized ms", "tl reconstructed ms"]
+                   "mpo rebuild ms", "mpo factored ms", "tl factorized ms", "tl reconstructed ms",
+                   "params mpo@tl err", "mpo@tl err ms"]
         table = []
         for r in results["layers"]:
             ms = r["ms"]
-            table.append([r["shape"], f"{r['fraction']:.0%}", r["tokens"], r["error_mpo"],
+            table.append([r["shape"], r["params_mpo"], r["tokens"], r["error_mpo"],
                           r["error_tltorch"] if r["error_tltorch"] is not None else math.nan, ms["nn.Linear"],
                           ms["mpo auto"], r["auto_path"], ms["mpo dense"], ms["mpo factored"],
-                          ms.get("tltorch factorized", math.nan), ms.get("tltorch reconstructed", math.nan)])
-        print(format_table(table, headers, title="forward+backward per call (CPU); relative error of the weight"))
+                          ms.get("tltorch factorized", math.nan), ms.get("tltorch reconstructed", math.nan),
+                          r.get("params_mpo_equal_error") or math.nan, ms.get("mpo auto, equal error", math.nan)])
+        print(format_table(table, headers, title="forward+backward per call (CPU), ms; relative error of the weight"))
     if results.get("quality"):
         table = [[r["task"], r["model"], r["encoder_fraction"], r.get("before", {}).get("validation", math.nan),
                   r["after"]["validation"], r["after"]["test"], r["train_s"]] for r in results["quality"]]
