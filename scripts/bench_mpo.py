@@ -130,7 +130,7 @@ def bench_layers(tokens=TOKENS, fractions=FRACTIONS) -> list[dict]:
                     ours.forward_mode = mode
                     cost = ours.flops(n)
                     if mode == "factored" and cost["factored"] > SKIP_FACTORED * (cost["gemm"] + cost["rebuild"]):
-                        timings["mpo factored"] = math.nan  # predicted far slower: not timed
+                        timings["mpo factored"] = None  # predicted far slower: not timed
                         continue
                     timings[f"mpo {mode}"] = _time(ours, n, features_in)
                 ours.forward_mode = "auto"
@@ -139,7 +139,8 @@ def bench_layers(tokens=TOKENS, fractions=FRACTIONS) -> list[dict]:
                     "params_mpo": sum(c.numel() for c in ours.cores), "params_tltorch": budget if tl else None,
                     "params_mpo_equal_error": sum(c.numel() for c in equal.cores) if tl else None,
                     "error_mpo": error, "error_tltorch": tl_error,
-                    "tokens": n, "auto_path": ours.path_for(n), "ms": {k: 1e3 * v for k, v in timings.items()},
+                    "tokens": n, "auto_path": ours.path_for(n),
+                    "ms": {k: None if v is None else 1e3 * v for k, v in timings.items()},
                     "flops": ours.flops(n),
                 })
                 print(_layer_line(rows[-1]), flush=True)
@@ -233,6 +234,10 @@ def bench_deep(args) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------ report
+def _or_nan(value):
+    return math.nan if value is None else value
+
+
 def print_tables(results: dict) -> None:
     from plmkit.report import format_table
 
@@ -245,7 +250,7 @@ def print_tables(results: dict) -> None:
             ms = r["ms"]
             table.append([r["shape"], r["params_mpo"], r["tokens"], r["error_mpo"],
                           r["error_tltorch"] if r["error_tltorch"] is not None else math.nan, ms["nn.Linear"],
-                          ms["mpo auto"], r["auto_path"], ms["mpo dense"], ms["mpo factored"],
+                          ms["mpo auto"], r["auto_path"], ms["mpo dense"], _or_nan(ms["mpo factored"]),
                           ms.get("tltorch factorized", math.nan), ms.get("tltorch reconstructed", math.nan),
                           r.get("params_mpo_equal_error") or math.nan, ms.get("mpo auto, equal error", math.nan)])
         print(format_table(table, headers, title="forward+backward per call (CPU), ms; relative error of the weight"))
