@@ -53,7 +53,7 @@ class CompressSetup:
     """Epochs of the dense fine-tuning (default: --epochs)."""
     mpo_learning_rate: float | None = None
     """Learning rate when fine-tuning the MPO model (default: --learning-rate)."""
-    distill: float = 0.0
+    distill: float = 0.5
     """Weight of distillation from the fine-tuned dense model when fine-tuning the MPO model (0: none)."""
     distill_temperature: float = 2.0
     """Softmax temperature of the distillation term."""
@@ -83,8 +83,6 @@ class CompressSetup:
             raise ValueError(f"dense_epochs must be >= 0, got {self.dense_epochs}")
         if not 0.0 <= self.distill <= 1.0:
             raise ValueError(f"distill must be in [0, 1], got {self.distill}")
-        if self.distill and not self.task:
-            raise ValueError("distill needs a --task (the teacher is the dense model fine-tuned on it)")
 
     def load_task(self):
         return load_task(self.task, seed=self.data_seed, max_train_samples=self.max_train_samples,
@@ -174,7 +172,8 @@ def compress_mpo(setup: CompressSetup, config: MPOConfig, trainer: TrainerConfig
         metrics["before"] = _splits(data, model)
         if config.trainable != "none":
             lr = setup.mpo_learning_rate or trainer.learning_rate
-            loss_fn = distillation_loss(dense, setup.distill, setup.distill_temperature) if setup.distill else None
+            teacher = setup.distill and metrics["dense"].get("train")  # only a fine-tuned dense model teaches
+            loss_fn = distillation_loss(dense, setup.distill, setup.distill_temperature) if teacher else None
             metrics["after"] = _finetune(model, data, replace(trainer, learning_rate=lr), str(run.path / "mpo"),
                                          loss_fn)
     metrics["latency_ms"] = _latencies(dense, model, backbone.tokenizer, setup)

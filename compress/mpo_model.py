@@ -47,8 +47,8 @@ class MPOConfig:
     """Factor shapes by size, e.g. '384=2x4x4x4x3,1536=4x4x6x4x4' (default: chosen automatically)."""
     forward_mode: str = "auto"
     """MPOLinear forward path: 'auto' (cost model), 'dense' (rebuild W) or 'factored' (contract cores)."""
-    trainable: str = "auxiliary"
-    """What fine-tuning updates: 'auxiliary' (auxiliary tensors + head, MPOP), 'all', or 'none'."""
+    trainable: str = "all"
+    """What fine-tuning updates: 'all', 'auxiliary' (auxiliary tensors + head: MPOP light tuning) or 'none'."""
 
     def __post_init__(self) -> None:
         chosen = [n for n in ("budget", "max_error", "max_bond") if getattr(self, n) is not None]
