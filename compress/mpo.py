@@ -145,14 +145,19 @@ class MPO:
 
 
 def contract_cores(cores: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Rebuild the (I, J) matrix, contracting left to right."""
-    t = cores[0][0]  # (i_0, j_0, d_1)
+    """Rebuild the (I, J) matrix: one chain of matrix products, one permutation at the end."""
+    n = len(cores)
+    # (1, i_1, j_1, d_1) -> (i_1 j_1, d_1)
+    t = cores[0].reshape(-1, cores[0].shape[-1])
     for core in cores[1:]:
-        rows, cols, _ = t.shape
         d, i, j, e = core.shape
-        # (I_acc, J_acc, d) x (d, i, j, e) -> (I_acc, i, J_acc, j, e) -> (I_acc * i, J_acc * j, e)
-        t = torch.einsum("xyd,dije->xiyje", t, core).reshape(rows * i, cols * j, e)
-    return t[..., 0]
+        # (pairs so far, d) @ (d, i j e) -> (pairs so far * i * j, e)
+        t = (t @ core.reshape(d, i * j * e)).reshape(-1, e)
+    in_f, out_f = [c.shape[1] for c in cores], [c.shape[2] for c in cores]
+    # (i_1, j_1, ..., i_n, j_n) -> (i_1, ..., i_n, j_1, ..., j_n) -> (I, J)
+    t = t.reshape([x for pair in zip(in_f, out_f, strict=True) for x in pair])
+    t = t.permute([2 * k for k in range(n)] + [2 * k + 1 for k in range(n)])
+    return t.reshape(math.prod(in_f), math.prod(out_f))
 
 
 # ------------------------------------------------------------------------------ gauge moves

@@ -81,6 +81,19 @@ def _time(layer: nn.Module, tokens: int, features: int, repeats: int = 3, slow_s
     return statistics.median(times)
 
 
+@torch.no_grad()
+def _time_inference(layer: nn.Module, tokens: int, features: int, repeats: int = 5) -> float:
+    """Median seconds of a no-grad forward (after one warm-up: MPOLinear caches its rebuilt weight)."""
+    x = torch.randn(tokens, features)
+    layer(x)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        layer(x)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
 def _tltorch_layers(linear: nn.Linear, shape_in, shape_out, rank):
     try:
         import tltorch
@@ -134,6 +147,8 @@ def bench_layers(tokens=TOKENS, fractions=FRACTIONS) -> list[dict]:
                         continue
                     timings[f"mpo {mode}"] = _time(ours, n, features_in)
                 ours.forward_mode = "auto"
+                inference = {name: 1e3 * _time_inference(layer, n, features_in) for name, layer in contenders.items()
+                             if name != "tltorch factorized" or n <= 64}
                 rows.append({
                     "shape": f"{features_in}x{features_out}", "weight": source, "fraction": fraction,
                     "params_mpo": sum(c.numel() for c in ours.cores), "params_tltorch": budget if tl else None,
@@ -141,7 +156,7 @@ def bench_layers(tokens=TOKENS, fractions=FRACTIONS) -> list[dict]:
                     "error_mpo": error, "error_tltorch": tl_error,
                     "tokens": n, "auto_path": ours.path_for(n),
                     "ms": {k: None if v is None else 1e3 * v for k, v in timings.items()},
-                    "flops": ours.flops(n),
+                    "flops": ours.flops(n), "inference_ms": inference,
                 })
                 print(_layer_line(rows[-1]), flush=True)
     return rows
@@ -254,6 +269,11 @@ def print_tables(results: dict) -> None:
                           ms.get("tltorch factorized", math.nan), ms.get("tltorch reconstructed", math.nan),
                           r.get("params_mpo_equal_error") or math.nan, ms.get("mpo auto, equal error", math.nan)])
         print(format_table(table, headers, title="forward+backward per call (CPU), ms; relative error of the weight"))
+        names = ["nn.Linear", "mpo auto", "tltorch reconstructed", "tltorch factorized"]
+        table = [[r["shape"], r["params_mpo"], r["tokens"]] + [r["inference_ms"].get(k, math.nan) for k in names]
+                 for r in results["layers"] if "inference_ms" in r]
+        print(format_table(table, ["shape", "params", "N"] + [f"{k} ms" for k in names],
+                           title="inference: no-grad forward per call (CPU), ms"))
     if results.get("quality"):
         table = [[r["task"], r["model"], r["encoder_fraction"], r.get("before", {}).get("validation", math.nan),
                   r["after"]["validation"], r["after"]["test"], r["train_s"]] for r in results["quality"]]
