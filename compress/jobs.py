@@ -120,9 +120,10 @@ def _splits(data: TaskData, model: nn.Module) -> dict[str, dict[str, float]]:
     return {"validation": data.evaluate(model, "validation"), "test": data.evaluate(model, "test")}
 
 
-def _finetune(model: nn.Module, data: TaskData, trainer: TrainerConfig, folder: str,
+def finetune_classifier(model: nn.Module, data: TaskData, trainer: TrainerConfig, folder: str,
               loss_fn=None) -> dict[str, Any]:
-    """Train through the one trainer, selecting on the task's validation metric."""
+    """Train what requires grad through the one trainer (``loss_fn`` default: the task loss), selecting on
+    the task's validation metric; returns the training record and validation/test metrics."""
     config = replace(trainer, output_dir=folder, metric=None)
     if loss_fn is None:
         result = train_classifier(model, data, config)
@@ -156,7 +157,7 @@ def compress_mpo(setup: CompressSetup, config: MPOConfig, trainer: TrainerConfig
         data = TaskData(task, backbone.tokenizer, setup.max_length)
         dense = build_classifier(backbone.model, task.num_labels, pooling=setup.pooling)
         epochs = trainer.epochs if setup.dense_epochs is None else setup.dense_epochs
-        metrics["dense"] = (_finetune(dense, data, replace(trainer, epochs=epochs), str(run.path / "dense"))
+        metrics["dense"] = (finetune_classifier(dense, data, replace(trainer, epochs=epochs), str(run.path / "dense"))
                             if epochs else _splits(data, dense))
     model = _compressed_model(setup, dense, task.num_labels if task else None)
     handle = attach_mpo(model, config)
@@ -174,7 +175,7 @@ def compress_mpo(setup: CompressSetup, config: MPOConfig, trainer: TrainerConfig
             lr = setup.mpo_learning_rate or trainer.learning_rate
             teacher = setup.distill and metrics["dense"].get("train")  # only a fine-tuned dense model teaches
             loss_fn = distillation_loss(dense, setup.distill, setup.distill_temperature) if teacher else None
-            metrics["after"] = _finetune(model, data, replace(trainer, learning_rate=lr), str(run.path / "mpo"),
+            metrics["after"] = finetune_classifier(model, data, replace(trainer, learning_rate=lr), str(run.path / "mpo"),
                                          loss_fn)
     metrics["latency_ms"] = _latencies(dense, model, backbone.tokenizer, setup)
     _save(run, model, backbone, task, setup, config, metrics)
@@ -273,10 +274,10 @@ def deep_mpo(setup: DeepSetup, config: DeepMPOConfig, trainer: TrainerConfig, ru
                 deep.report["shallow_parameters"]["total"], deep.report["deep_parameters"]["total"],
                 metrics["init_deviation"])
     classifier = build_classifier(deep.model, task.num_labels, pooling=setup.pooling)
-    metrics["deep"] = _finetune(classifier, data, trainer, str(run.path / "deep"))
+    metrics["deep"] = finetune_classifier(classifier, data, trainer, str(run.path / "deep"))
     if setup.baseline:
         shallow = build_classifier(backbone.model, task.num_labels, pooling=setup.pooling)
-        metrics["shallow"] = _finetune(shallow, data, trainer, str(run.path / "shallow"))
+        metrics["shallow"] = finetune_classifier(shallow, data, trainer, str(run.path / "shallow"))
     batch = latency_batch(backbone.tokenizer, 32, 64)
     metrics["latency_ms"] = {"shallow": forward_latency_ms(backbone.model, batch),
                              "deep": forward_latency_ms(deep.model, batch)}

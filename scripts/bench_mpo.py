@@ -30,7 +30,6 @@ import math
 import statistics
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -179,13 +178,18 @@ def _task(spec: str, args) -> object:
 
 def bench_quality(args) -> list[dict]:
     from plmkit.backbones import load_encoder
+    from plmkit.compress.distill import distillation_loss
+    from plmkit.compress.jobs import finetune_classifier
     from plmkit.compress.mpo_model import MPOConfig, attach_mpo, count_parameters
     from plmkit.models import build_classifier
-    from plmkit.textclf import TaskData, train_classifier
+    from plmkit.textclf import TaskData
     from plmkit.trainer import TrainerConfig, seed_everything
 
     trainer = TrainerConfig(epochs=args.epochs, batch_size=32, learning_rate=args.learning_rate, warmup_ratio=0.1,
                             progress=False, save_checkpoints=False, seed=args.seed)
+    variants = [(float(b), "all") for b in args.budgets.split(",")]
+    if args.light:
+        variants.append((variants[0][0], "auxiliary"))
     rows = []
     for spec in args.tasks.split(","):
         seed_everything(args.seed)
@@ -193,28 +197,34 @@ def bench_quality(args) -> list[dict]:
         backbone = load_encoder(args.model)
         data = TaskData(task, backbone.tokenizer, args.max_length)
         dense = build_classifier(backbone.model, task.num_labels, pooling="cls")
-        started = time.perf_counter()
         out = Path(args.output_dir) / Path(spec).name
-        train_classifier(dense, data, replace(trainer, output_dir=str(out / "dense")))
+        record = finetune_classifier(dense, data, trainer, str(out / "dense"))
+        dense_params = count_parameters(dense)
         base = {"task": task.name, "train": len(task.train), "validation": len(task.validation), "test": len(task.test)}
-        rows.append({**base, "model": "dense", "encoder_fraction": 1.0, "after": _scores(data, dense),
-                     "train_s": time.perf_counter() - started, "parameters": count_parameters(dense)})
+        rows.append({**base, "model": "dense", "encoder_fraction": 1.0, "after": _accuracy(record),
+                     "train_s": record["train"]["train_time_s"], "parameters": dense_params})
         print(rows[-1], flush=True)
-        for budget in (float(b) for b in args.budgets.split(",")):
+        for budget, trainable in variants:
+            seed_everything(args.seed)
             model = copy.deepcopy(dense)
-            handle = attach_mpo(model, MPOConfig(budget=budget, trainable="all"))
+            handle = attach_mpo(model, MPOConfig(budget=budget, trainable=trainable))
+            model.head.requires_grad_(True)
             before = _scores(data, model)
-            started = time.perf_counter()
-            train_classifier(model, data, replace(trainer, output_dir=str(out / f"mpo{budget}")))
+            loss_fn = distillation_loss(copy.deepcopy(dense), args.distill) if args.distill else None
+            record = finetune_classifier(model, data, trainer, str(out / f"mpo{budget}-{trainable}"), loss_fn)
             errors = [r["relative_error"] for r in handle.report]
             params = count_parameters(model)
-            dense_params = count_parameters(dense)["encoder"]
-            rows.append({**base, "model": f"mpo {budget:.0%}", "budget": budget, "before": before,
-                         "after": _scores(data, model), "train_s": time.perf_counter() - started,
-                         "encoder_fraction": params["encoder"] / dense_params, "parameters": params,
+            rows.append({**base, "model": f"mpo {budget:.0%}" + (" aux-only" if trainable != "all" else ""),
+                         "budget": budget, "trainable": trainable, "before": before, "after": _accuracy(record),
+                         "train_s": record["train"]["train_time_s"],
+                         "encoder_fraction": params["encoder"] / dense_params["encoder"], "parameters": params,
                          "mean_relative_error": sum(errors) / len(errors), "max_relative_error": max(errors)})
             print(rows[-1], flush=True)
     return rows
+
+
+def _accuracy(record: dict) -> dict:
+    return {split: record[split]["accuracy"] for split in ("validation", "test")}
 
 
 def _scores(data, model) -> dict:
@@ -299,6 +309,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--distill", type=float, default=0.5, help="distillation weight when fine-tuning MPO models")
+    parser.add_argument("--light", action="store_true", help="add an auxiliary-tensors-only row (MPOP light)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--deep-task", default="rotten-tomatoes")
     parser.add_argument("--deep-groups", default="1")
