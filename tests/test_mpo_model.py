@@ -206,3 +206,34 @@ def test_distillation_loss_matches_its_definition(make_encoder):
     assert float(distillation_loss(teacher, 1.0)(teacher, batch).detach()) == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(ValueError, match="distillation weight"):
         distillation_loss(teacher, 1.5)
+
+
+def test_public_api_is_importable_lazily():
+    import plmkit.compress as compress
+    from plmkit.compress.mpo import mpo_decompose
+
+    assert compress.mpo_decompose is mpo_decompose and "MPOLinear" in compress.__all__
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        compress.nothing  # noqa: B018
+
+
+@pytest.mark.slow
+def test_minilm_compresses_to_half_its_encoder_and_merges(tmp_path):
+    """Real bundled MiniLM: budget met, exact errors reported, merged folder runs in a pipeline."""
+    from transformers import pipeline
+
+    from plmkit.backbones import load_encoder
+
+    backbone = load_encoder("minilm-l6")
+    before = count_parameters(backbone.model)["encoder"]
+    handle = attach_mpo(backbone.model, MPOConfig(budget=0.5))
+    assert 0.49 * before <= count_parameters(backbone.model)["encoder"] <= 0.5 * before
+    assert all(0.0 < row["relative_error"] < 1.0 for row in handle.report)
+    save_mpo_model(tmp_path / "m", backbone.model, backbone.tokenizer, backbone.name)
+    export_dense(tmp_path / "m", tmp_path / "merged")
+    text = "a gripping, funny and humane film"
+    enc = backbone.tokenizer(text, return_tensors="pt")
+    with torch.no_grad():
+        expected = backbone.model(**enc).last_hidden_state[0]
+    features = torch.tensor(pipeline("feature-extraction", model=str(tmp_path / "merged"))(text)[0])
+    assert torch.allclose(features, expected, atol=1e-4)
