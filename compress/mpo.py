@@ -161,7 +161,7 @@ def contract_cores(cores: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------ gauge moves
-def _left_step(core: torch.Tensor, nxt: torch.Tensor, rank: int | None = None):
+def left_orthonormalise(core: torch.Tensor, nxt: torch.Tensor, rank: int | None = None):
     """Make ``core`` left-orthonormal (optionally truncating its right bond), push the rest into ``nxt``."""
     d, i, j, e = core.shape
     # (d, i, j, e) -> (d * i * j, e)
@@ -174,7 +174,7 @@ def _left_step(core: torch.Tensor, nxt: torch.Tensor, rank: int | None = None):
     return left, right, s, s[keep:]
 
 
-def _right_step(prev: torch.Tensor, core: torch.Tensor, rank: int | None = None):
+def right_orthonormalise(prev: torch.Tensor, core: torch.Tensor, rank: int | None = None):
     """Make ``core`` right-orthonormal (optionally truncating its left bond), push the rest into ``prev``."""
     d, i, j, e = core.shape
     # (d, i, j, e) -> (d, i * j * e)
@@ -191,10 +191,10 @@ def move_centre(cores: list[torch.Tensor], start: int, stop: int) -> dict[int, t
     """Move the orthogonality centre from core ``start`` to ``stop`` in place; returns bond spectra seen."""
     seen = {}
     for k in range(start, stop):
-        cores[k], cores[k + 1], s, _ = _left_step(cores[k], cores[k + 1])
+        cores[k], cores[k + 1], s, _ = left_orthonormalise(cores[k], cores[k + 1])
         seen[k + 1] = s
     for k in range(start, stop, -1):
-        cores[k - 1], cores[k], s, _ = _right_step(cores[k - 1], cores[k])
+        cores[k - 1], cores[k], s, _ = right_orthonormalise(cores[k - 1], cores[k])
         seen[k] = s
     return seen
 
@@ -213,10 +213,10 @@ def truncate(mpo: MPO, ranks: Sequence[int]) -> MPO:
     discarded: dict[int, torch.Tensor] = {}
     move_centre(cores, c, n - 1)
     for k in range(n - 1, c, -1):
-        cores[k - 1], cores[k], _, discarded[k] = _right_step(cores[k - 1], cores[k], ranks[k])
+        cores[k - 1], cores[k], _, discarded[k] = right_orthonormalise(cores[k - 1], cores[k], ranks[k])
     move_centre(cores, c, 0)
     for k in range(c):
-        cores[k], cores[k + 1], _, discarded[k + 1] = _left_step(cores[k], cores[k + 1], ranks[k + 1])
+        cores[k], cores[k + 1], _, discarded[k + 1] = left_orthonormalise(cores[k], cores[k + 1], ranks[k + 1])
     return MPO(cores, mpo.in_factors, mpo.out_factors, c, dict(mpo.spectra), discarded)
 
 

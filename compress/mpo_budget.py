@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from plmkit.compress.mpo import MPO, _left_step, _right_step, mpo_parameters
+from plmkit.compress.mpo import MPO, left_orthonormalise, mpo_parameters, right_orthonormalise
 
 CHUNK = 0.05
 
@@ -61,11 +61,11 @@ def cut_central_bond(mpo: MPO, bond: int, keep: int) -> MPO:
     cores, c = list(mpo.cores), mpo.centre
     discarded = dict(mpo.discarded)
     if bond == c:
-        cores[c - 1], cores[c], _, dropped = _right_step(cores[c - 1], cores[c], keep)
-        cores[c - 1], cores[c], _, _ = _left_step(cores[c - 1], cores[c])
+        cores[c - 1], cores[c], _, dropped = right_orthonormalise(cores[c - 1], cores[c], keep)
+        cores[c - 1], cores[c], _, _ = left_orthonormalise(cores[c - 1], cores[c])
     else:
-        cores[c], cores[c + 1], _, dropped = _left_step(cores[c], cores[c + 1], keep)
-        cores[c], cores[c + 1], _, _ = _right_step(cores[c], cores[c + 1])
+        cores[c], cores[c + 1], _, dropped = left_orthonormalise(cores[c], cores[c + 1], keep)
+        cores[c], cores[c + 1], _, _ = right_orthonormalise(cores[c], cores[c + 1])
     discarded[bond] = torch.cat([discarded.get(bond, dropped[:0]), dropped])
     return MPO(cores, mpo.in_factors, mpo.out_factors, c, mpo.spectra, discarded)
 
