@@ -121,9 +121,12 @@ def _splits(data: TaskData, model: nn.Module) -> dict[str, dict[str, float]]:
 
 
 def finetune_classifier(model: nn.Module, data: TaskData, trainer: TrainerConfig, folder: str,
-              loss_fn=None) -> dict[str, Any]:
-    """Train what requires grad through the one trainer (``loss_fn`` default: the task loss), selecting on
-    the task's validation metric; returns the training record and validation/test metrics."""
+                        loss_fn=None) -> dict[str, Any]:
+    """Train what requires grad through the one trainer, selecting on the task's validation metric.
+
+    ``loss_fn(model, batch)`` defaults to the task loss; returns the training record and the
+    validation and test metrics.
+    """
     config = replace(trainer, output_dir=folder, metric=None)
     if loss_fn is None:
         result = train_classifier(model, data, config)
@@ -152,36 +155,53 @@ def compress_mpo(setup: CompressSetup, config: MPOConfig, trainer: TrainerConfig
                                    "trainer": asdict(trainer), "backbone": backbone.signature(),
                                    "task": task.describe() if task else None, "environment": environment()})
     metrics: dict[str, Any] = {"model": backbone.name, "task": task.name if task else None}
-    dense, data = backbone.model, None
-    if task is not None:
-        data = TaskData(task, backbone.tokenizer, setup.max_length)
-        dense = build_classifier(backbone.model, task.num_labels, pooling=setup.pooling)
-        epochs = trainer.epochs if setup.dense_epochs is None else setup.dense_epochs
-        metrics["dense"] = (finetune_classifier(dense, data, replace(trainer, epochs=epochs), str(run.path / "dense"))
-                            if epochs else _splits(data, dense))
+    data = TaskData(task, backbone.tokenizer, setup.max_length) if task else None
+    dense = _dense_reference(setup, backbone, data, trainer, run, metrics)
     model = _compressed_model(setup, dense, task.num_labels if task else None)
     handle = attach_mpo(model, config)
     if hasattr(model, "head"):
         model.head.requires_grad_(config.trainable != "none")
-    metrics["parameters"] = {"dense": count_parameters(dense), "mpo": count_parameters(model)}
-    metrics["parameters"]["encoder_fraction"] = (metrics["parameters"]["mpo"]["encoder"]
-                                                 / metrics["parameters"]["dense"]["encoder"])
-    metrics["layers"] = handle.report
-    logger.info("encoder parameters %d -> %d (%.1f%%)", metrics["parameters"]["dense"]["encoder"],
-                metrics["parameters"]["mpo"]["encoder"], 100 * metrics["parameters"]["encoder_fraction"])
+    _record_size(metrics, dense, model, handle)
     if data is not None:
-        metrics["before"] = _splits(data, model)
-        if config.trainable != "none":
-            lr = setup.mpo_learning_rate or trainer.learning_rate
-            teacher = setup.distill and metrics["dense"].get("train")  # only a fine-tuned dense model teaches
-            loss_fn = distillation_loss(dense, setup.distill, setup.distill_temperature) if teacher else None
-            metrics["after"] = finetune_classifier(model, data, replace(trainer, learning_rate=lr), str(run.path / "mpo"),
-                                         loss_fn)
+        _tune_compressed(setup, config, trainer, run, data, dense, model, metrics)
     metrics["latency_ms"] = _latencies(dense, model, backbone.tokenizer, setup)
     _save(run, model, backbone, task, setup, config, metrics)
     metrics["wall_time_s"] = time.perf_counter() - started
     run.write_json("metrics.json", metrics)
     return metrics
+
+
+def _dense_reference(setup: CompressSetup, backbone, data: TaskData | None, trainer: TrainerConfig,
+                     run: RunFolder, metrics: dict[str, Any]) -> nn.Module:
+    """The uncompressed model: the encoder, or a classifier fine-tuned on the task (``metrics['dense']``)."""
+    if data is None:
+        return backbone.model
+    dense = build_classifier(backbone.model, data.task.num_labels, pooling=setup.pooling)
+    epochs = trainer.epochs if setup.dense_epochs is None else setup.dense_epochs
+    metrics["dense"] = (finetune_classifier(dense, data, replace(trainer, epochs=epochs), str(run.path / "dense"))
+                        if epochs else _splits(data, dense))
+    return dense
+
+
+def _record_size(metrics: dict[str, Any], dense: nn.Module, model: nn.Module, handle) -> None:
+    sizes = {"dense": count_parameters(dense), "mpo": count_parameters(model)}
+    sizes["encoder_fraction"] = sizes["mpo"]["encoder"] / sizes["dense"]["encoder"]
+    metrics["parameters"], metrics["layers"] = sizes, handle.report
+    logger.info("encoder parameters %d -> %d (%.1f%%)", sizes["dense"]["encoder"], sizes["mpo"]["encoder"],
+                100 * sizes["encoder_fraction"])
+
+
+def _tune_compressed(setup: CompressSetup, config: MPOConfig, trainer: TrainerConfig, run: RunFolder,
+                     data: TaskData, dense: nn.Module, model: nn.Module, metrics: dict[str, Any]) -> None:
+    """Evaluate the compressed model, fine-tune it (distilling from the tuned dense model), evaluate again."""
+    metrics["before"] = _splits(data, model)
+    if config.trainable == "none":
+        return
+    lr = setup.mpo_learning_rate or trainer.learning_rate
+    teacher = setup.distill and "train" in metrics["dense"]  # only a fine-tuned dense model teaches
+    loss_fn = distillation_loss(dense, setup.distill, setup.distill_temperature) if teacher else None
+    metrics["after"] = finetune_classifier(model, data, replace(trainer, learning_rate=lr), str(run.path / "mpo"),
+                                           loss_fn)
 
 
 def _latencies(dense: nn.Module, model: nn.Module, tokenizer: Any, setup: CompressSetup) -> dict[str, Any]:
