@@ -136,6 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
         return 130
+    finally:
+        if "torch.distributed" in sys.modules:  # only a job that trained can hold a process group
+            from plmkit import distributed
+
+            distributed.shutdown()
 
 
 if __name__ == "__main__":

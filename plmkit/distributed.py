@@ -94,3 +94,15 @@ def init_process_group(enable_cpu_shm_comm: bool = False) -> None:
         torch.cuda.set_device(device())
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     deepspeed.init_distributed(dist_backend=backend, verbose=False)
+
+
+def shutdown() -> None:
+    """Tear the process group down before exit.
+
+    Leaving a gloo group alive at interpreter exit can abort the process ("terminate called without
+    an active exception") while its worker threads are destroyed, which turns a finished run into a
+    crashed one.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()

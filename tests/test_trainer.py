@@ -183,6 +183,7 @@ def _rank_worker(rank: int, world: int, port: int, out_dir: str) -> None:
 
         with deepspeed.zero.GatheredParameters(list(model.parameters()), enabled=stage == 3):
             torch.save(_params(model), os.path.join(out_dir, f"stage{stage}_rank{rank}.pt"))
+    distributed.shutdown()
 
 
 @pytest.mark.distributed
