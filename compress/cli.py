@@ -75,7 +75,7 @@ def _print_mpo_summary(metrics: dict[str, Any], run_path: Path) -> None:
     print("\n" + format_table([[lat["dense"], lat["mpo_auto"], lat["mpo_dense"], factored]],
                               ["dense ms", "mpo auto ms", "mpo rebuild ms", "mpo factored ms"],
                               title=f"encoder forward, batch {lat['batch'][0]} x {lat['batch'][1]} tokens"))
-    print(f"\nrun folder: {run_path}  (metrics.json, model/ (MPO), merged/ (plain Hugging Face), run.log)")
+    print(f"\nrun folder: {run_path}  (metrics.json, layer_errors.png, model/ (MPO), merged/ (plain Hugging Face), run.log)")
 
 
 # ------------------------------------------------------------------------------ mpo-deep
@@ -140,7 +140,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     mpo = compress.add_parser(
         "mpo", epilog=EPILOG, help="decompose linear layers into MPOs to meet a parameter budget",
         description="Fine-tune the dense model on --task (if given), decompose its encoder to --budget, "
-                    "fine-tune the auxiliary tensors (or all), save the MPO model and its dense merge.")
+                    "fine-tune it (all parameters with distillation by default; --trainable auxiliary for MPOP's "
+                    "light fine-tuning), save the MPO model and its dense merge.")
     add_common(mpo)
     add_dataclass_arguments(mpo, CompressSetup, title="model and task")
     add_dataclass_arguments(mpo, MPOConfig, title="MPO")

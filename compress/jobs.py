@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 import statistics
 import time
 from dataclasses import asdict, dataclass, replace
@@ -28,6 +29,7 @@ from plmkit.compress.mpo_linear import FACTORED_PENALTY
 from plmkit.compress.mpo_model import MPOConfig, attach_mpo, count_parameters, mpo_layers
 from plmkit.metrics import greater_is_better
 from plmkit.models import build_classifier
+from plmkit.report import plot_heatmap
 from plmkit.runs import RunFolder, environment
 from plmkit.tasks import load_task
 from plmkit.textclf import TaskData, train_classifier
@@ -162,6 +164,7 @@ def compress_mpo(setup: CompressSetup, config: MPOConfig, trainer: TrainerConfig
     if hasattr(model, "head"):
         model.head.requires_grad_(config.trainable != "none")
     _record_size(metrics, dense, model, handle)
+    _plot_layer_errors(run, handle.report, metrics["parameters"]["encoder_fraction"])
     if data is not None:
         _tune_compressed(setup, config, trainer, run, data, dense, model, metrics)
     metrics["latency_ms"] = _latencies(dense, model, backbone.tokenizer, setup)
@@ -225,6 +228,27 @@ def _latencies(dense: nn.Module, model: nn.Module, tokenizer: Any, setup: Compre
     for layer, mode in zip(layers, modes, strict=True):
         layer.forward_mode = mode
     return out
+
+
+def layer_error_grid(report: list[dict[str, Any]]) -> tuple[list[list[float]], list[str], list[str]]:
+    """Arrange per-matrix relative errors as layers x matrix kinds (e.g. 'attention.self.query')."""
+    cells: dict[tuple[int, str], float] = {}
+    for entry in report:
+        match = re.search(r"(?:^|\.)(\d+)\.(.+)$", entry["name"])
+        layer, kind = (int(match.group(1)), match.group(2)) if match else (0, entry["name"])
+        cells[(layer, kind)] = entry["relative_error"]
+    layers = sorted({layer for layer, _ in cells})
+    kinds = list(dict.fromkeys(kind for _, kind in cells))
+    grid = [[cells.get((layer, kind), float("nan")) for kind in kinds] for layer in layers]
+    return grid, [f"layer {layer}" for layer in layers], kinds
+
+
+def _plot_layer_errors(run: RunFolder, report: list[dict[str, Any]], fraction: float) -> None:
+    if not distributed.is_main_process() or not report:
+        return
+    grid, rows, columns = layer_error_grid(report)
+    plot_heatmap(grid, rows, columns, run.path / "layer_errors.png", colorbar_label="relative error ||W - W_mpo|| / ||W||",
+                 title=f"MPO reconstruction error per matrix (encoder at {fraction:.0%})")
 
 
 def _save(run: RunFolder, model: nn.Module, backbone, task, setup, config, metrics: dict[str, Any]) -> None:

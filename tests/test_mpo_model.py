@@ -175,7 +175,7 @@ def test_compress_cli_writes_a_complete_run_folder(tmp_path, tiny_backbone_dir, 
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["parameters"]["encoder_fraction"] <= 0.6
     assert {"dense", "before", "after", "latency_ms", "layers"} <= set(metrics)
-    for name in ("config.json", "run.log", "model/config.json", "model/weights.safetensors",
+    for name in ("config.json", "run.log", "layer_errors.png", "model/config.json", "model/weights.safetensors",
                  "merged/config.json", "merged/model.safetensors"):
         assert (run / name).is_file(), name
     assert main(["compress", "merge", str(run / "model"), "--out", str(tmp_path / "again")]) == 0
@@ -237,3 +237,14 @@ def test_minilm_compresses_to_half_its_encoder_and_merges(tmp_path):
         expected = backbone.model(**enc).last_hidden_state[0]
     features = torch.tensor(pipeline("feature-extraction", model=str(tmp_path / "merged"))(text)[0])
     assert torch.allclose(features, expected, atol=1e-4)
+
+
+def test_layer_error_grid_puts_each_matrix_in_its_layer_and_kind():
+    from plmkit.compress.jobs import layer_error_grid
+
+    report = [{"name": f"encoder.encoder.layer.{layer}.{kind}", "relative_error": 10 * layer + k}
+              for layer in (1, 0) for k, kind in enumerate(("attention.self.query", "output.dense"))]
+    grid, rows, columns = layer_error_grid(report)
+    assert rows == ["layer 0", "layer 1"]
+    assert columns == ["attention.self.query", "output.dense"]
+    assert grid == [[0, 1], [10, 11]]
