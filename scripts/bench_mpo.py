@@ -62,25 +62,32 @@ def _weight(rows: int, cols: int) -> tuple[torch.Tensor, str]:
     return (u @ torch.diag(s) @ v.T).contiguous(), "synthetic, sigma_k ~ k^-1/2"
 
 
-def _time(layer: nn.Module, tokens: int, features: int, repeats: int = 3, slow_s: float = 5.0) -> float:
-    """Median seconds of forward + backward for ``tokens`` rows (after one warm-up).
+def _time_all(layers: dict[str, nn.Module], tokens: int, features: int, rounds: int = 7,
+              slow_s: float = 5.0) -> dict[str, float]:
+    """Median seconds of forward + backward for ``tokens`` rows, for each layer.
 
-    A call slower than ``slow_s`` is timed once more only: the point is made without minutes of waiting.
+    The layers take turns, one call each per round (after one warm-up call each), so that a slow
+    spell of a shared machine hits every contender alike instead of whichever ran at that moment. A
+    layer whose call takes longer than ``slow_s`` is timed in one round only: the point is made
+    without minutes of waiting.
     """
     x = torch.randn(tokens, features, requires_grad=True)
-    times = []
-    for step in range(repeats + 1):
+    times: dict[str, list[float]] = {name: [] for name in layers}
+
+    def call(layer: nn.Module) -> float:
         layer.zero_grad(set_to_none=True)
         started = time.perf_counter()
         layer(x).square().mean().backward()
-        if step:
-            times.append(time.perf_counter() - started)
-        if time.perf_counter() - started > slow_s and step:
-            break
-    return statistics.median(times)
+        return time.perf_counter() - started
+
+    slow = {name for name, layer in layers.items() if call(layer) > slow_s}
+    for round_ in range(rounds):
+        for name, layer in layers.items():
+            if name not in slow or round_ == 0:
+                times[name].append(call(layer))
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
-@torch.no_grad()
 def _time_inference(layer: nn.Module, tokens: int, features: int, repeats: int = 5) -> float:
     """Median seconds of a no-grad forward (after one warm-up: MPOLinear caches its rebuilt weight)."""
     x = torch.randn(tokens, features)
@@ -137,15 +144,17 @@ def bench_layers(tokens=TOKENS, fractions=FRACTIONS) -> list[dict]:
                 equal = MPOLinear.from_linear(linear, in_f, out_f, max_error=tl_error * float(weight.norm()))
                 contenders["mpo auto, equal error"] = equal
             for n in tokens:
-                timings = {name: _time(layer, n, features_in) for name, layer in contenders.items()}
+                forced = {}
                 for mode in ("dense", "factored"):
-                    ours.forward_mode = mode
-                    cost = ours.flops(n)
-                    if mode == "factored" and cost["factored"] > SKIP_FACTORED * (cost["gemm"] + cost["rebuild"]):
-                        timings["mpo factored"] = None  # predicted far slower: not timed
-                        continue
-                    timings[f"mpo {mode}"] = _time(ours, n, features_in)
-                ours.forward_mode = "auto"
+                    layer = copy.deepcopy(ours)
+                    layer.forward_mode = mode
+                    cost = layer.flops(n)
+                    if mode == "dense" or cost["factored"] <= SKIP_FACTORED * (cost["gemm"] + cost["rebuild"]):
+                        forced[f"mpo {mode}"] = layer  # else predicted far slower: not timed
+                timings = _time_all({**contenders, **forced}, n, features_in)
+                timings.setdefault("mpo factored", None)
+                best_tl = min((timings[k] for k in ("tltorch factorized", "tltorch reconstructed") if k in timings),
+                              default=None)
                 inference = {name: 1e3 * _time_inference(layer, n, features_in) for name, layer in contenders.items()
                              if name != "tltorch factorized" or n <= 64}
                 rows.append({
@@ -155,6 +164,8 @@ def bench_layers(tokens=TOKENS, fractions=FRACTIONS) -> list[dict]:
                     "error_mpo": error, "error_tltorch": tl_error,
                     "tokens": n, "auto_path": ours.path_for(n),
                     "ms": {k: None if v is None else 1e3 * v for k, v in timings.items()},
+                    "equal_error_time_ratio_vs_best_tltorch": (timings["mpo auto, equal error"] / best_tl
+                                                               if best_tl else None),
                     "flops": ours.flops(n), "inference_ms": inference,
                 })
                 print(_layer_line(rows[-1]), flush=True)
@@ -269,7 +280,7 @@ def print_tables(results: dict) -> None:
     if results.get("layers"):
         headers = ["shape", "params", "N", "err mpo", "err tltorch", "dense ms", "mpo auto ms", "path",
                    "mpo rebuild ms", "mpo factored ms", "tl factorized ms", "tl reconstructed ms",
-                   "params mpo@tl err", "mpo@tl err ms"]
+                   "params mpo@tl err", "mpo@tl err ms", "mpo@tl err / best tl"]
         table = []
         for r in results["layers"]:
             ms = r["ms"]
@@ -277,7 +288,8 @@ def print_tables(results: dict) -> None:
                           r["error_tltorch"] if r["error_tltorch"] is not None else math.nan, ms["nn.Linear"],
                           ms["mpo auto"], r["auto_path"], ms["mpo dense"], _or_nan(ms["mpo factored"]),
                           ms.get("tltorch factorized", math.nan), ms.get("tltorch reconstructed", math.nan),
-                          r.get("params_mpo_equal_error") or math.nan, ms.get("mpo auto, equal error", math.nan)])
+                          r.get("params_mpo_equal_error") or math.nan, ms.get("mpo auto, equal error", math.nan),
+                          _or_nan(r.get("equal_error_time_ratio_vs_best_tltorch"))])
         print(format_table(table, headers, title="forward+backward per call (CPU), ms; relative error of the weight"))
         names = ["nn.Linear", "mpo auto", "tltorch reconstructed", "tltorch factorized"]
         table = [[r["shape"], r["params_mpo"], r["tokens"]] + [r["inference_ms"].get(k, math.nan) for k in names]
