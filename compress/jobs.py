@@ -59,6 +59,8 @@ class CompressSetup:
     """Weight of distillation from the fine-tuned dense model when fine-tuning the MPO model (0: none)."""
     distill_temperature: float = 2.0
     """Softmax temperature of the distillation term."""
+    distill_hidden: float = 0.0
+    """Weight of matching the dense model's hidden states layer by layer (relative squared error; 0: off)."""
     max_length: int = 128
     """Tokens per example after truncation."""
     pooling: str = "cls"
@@ -85,6 +87,8 @@ class CompressSetup:
             raise ValueError(f"dense_epochs must be >= 0, got {self.dense_epochs}")
         if not 0.0 <= self.distill <= 1.0:
             raise ValueError(f"distill must be in [0, 1], got {self.distill}")
+        if self.distill_hidden < 0:
+            raise ValueError(f"distill_hidden must be >= 0, got {self.distill_hidden}")
 
     def load_task(self):
         return load_task(self.task, seed=self.data_seed, max_train_samples=self.max_train_samples,
@@ -201,8 +205,9 @@ def _tune_compressed(setup: CompressSetup, config: MPOConfig, trainer: TrainerCo
     if config.trainable == "none":
         return
     lr = setup.mpo_learning_rate or trainer.learning_rate
-    teacher = setup.distill and "train" in metrics["dense"]  # only a fine-tuned dense model teaches
-    loss_fn = distillation_loss(dense, setup.distill, setup.distill_temperature) if teacher else None
+    teacher = (setup.distill or setup.distill_hidden) and "train" in metrics["dense"]  # only a tuned model teaches
+    loss_fn = (distillation_loss(dense, setup.distill, setup.distill_temperature, setup.distill_hidden)
+               if teacher else None)
     metrics["after"] = finetune_classifier(model, data, replace(trainer, learning_rate=lr), str(run.path / "mpo"),
                                            loss_fn)
 

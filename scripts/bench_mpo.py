@@ -221,7 +221,9 @@ def bench_quality(args) -> list[dict]:
             handle = attach_mpo(model, MPOConfig(budget=budget, trainable=trainable))
             model.head.requires_grad_(True)
             before = _scores(data, model)
-            loss_fn = distillation_loss(copy.deepcopy(dense), args.distill) if args.distill else None
+            teacher = args.distill or args.distill_hidden
+            loss_fn = (distillation_loss(copy.deepcopy(dense), args.distill, hidden_weight=args.distill_hidden)
+                       if teacher else None)
             record = finetune_classifier(model, data, trainer, str(out / f"mpo{budget}-{trainable}"), loss_fn)
             errors = [r["relative_error"] for r in handle.report]
             params = count_parameters(model)
@@ -322,6 +324,8 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--distill", type=float, default=0.5, help="distillation weight when fine-tuning MPO models")
+    parser.add_argument("--distill-hidden", type=float, default=0.0,
+                        help="weight of hidden-state distillation when fine-tuning MPO models")
     parser.add_argument("--light", action="store_true", help="add an auxiliary-tensors-only row (MPOP light)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--deep-task", default="rotten-tomatoes")

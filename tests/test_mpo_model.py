@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -206,6 +207,37 @@ def test_distillation_loss_matches_its_definition(make_encoder):
     assert float(distillation_loss(teacher, 1.0)(teacher, batch).detach()) == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(ValueError, match="distillation weight"):
         distillation_loss(teacher, 1.5)
+
+
+def test_hidden_state_distillation_adds_the_per_layer_relative_error(make_encoder):
+    from plmkit.compress.distill import distillation_loss
+
+    backbone = make_encoder("bert")
+    teacher = _classifier(backbone)
+    student = _classifier(make_encoder("bert"))
+    student.eval()
+    batch = {**_batch(backbone.tokenizer), "labels": torch.tensor([0, 2, 1])}
+    mask = batch["attention_mask"].bool()
+    with torch.no_grad():
+        hs = student.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                             output_hidden_states=True).hidden_states
+        ht = teacher.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                             output_hidden_states=True).hidden_states
+    # independent form: per layer, squared error over real tokens only, relative to the teacher's energy
+    expected = sum(float((s[mask] - t[mask]).square().sum() / t[mask].square().sum()) for s, t in zip(hs, ht, strict=True))
+    expected /= len(hs)
+    plain = float(distillation_loss(teacher, 0.5)(student, batch).detach())
+    with_hidden = float(distillation_loss(teacher, 0.5, hidden_weight=2.0)(student, batch).detach())
+    assert with_hidden - plain == pytest.approx(2.0 * expected, rel=1e-4)
+    assert float(distillation_loss(teacher, 1.0, hidden_weight=1.0)(teacher, batch).detach()) == pytest.approx(
+        0.0, abs=1e-6)
+    shallower = copy.deepcopy(student)
+    shallower.encoder.encoder.layer = shallower.encoder.encoder.layer[:1]
+    shallower.encoder.config.num_hidden_layers = 1
+    with pytest.raises(ValueError, match="same depth"):
+        distillation_loss(teacher, 0.5, hidden_weight=1.0)(shallower, batch)
+    with pytest.raises(ValueError, match=">= 0"):
+        distillation_loss(teacher, 0.5, hidden_weight=-1.0)
 
 
 def test_public_api_is_importable_lazily():
