@@ -53,8 +53,9 @@ class CompressSetup:
     """'finetuned': fine-tune dense, compress, fine-tune again (MPOP); 'pretrained': compress, then fine-tune."""
     dense_epochs: int | None = None
     """Epochs of the dense fine-tuning (default: --epochs)."""
-    mpo_learning_rate: float | None = None
-    """Learning rate when fine-tuning the MPO model (default: --learning-rate)."""
+    mpo_learning_rate: float | None = 3e-4
+    """Learning rate when fine-tuning the compressed model (none: --learning-rate). A truncated model has
+    further to move than the dense one: at 50 % on rotten-tomatoes, 3e-4 beat 1e-4 and 6e-4."""
     distill: float = 0.5
     """Weight of distillation from the fine-tuned dense model when fine-tuning the MPO model (0: none)."""
     distill_temperature: float = 2.0

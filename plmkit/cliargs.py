@@ -61,7 +61,8 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, exclude:
         flags = [f"--{field.name.replace('_', '-')}"]
         if "_" in field.name and kind is not bool:
             flags.append(f"--{field.name}")  # the spelling transformers' flags use
-        help_text = f"{docs.get(field.name, '')} (default: {default})".strip()
+        # argparse %-formats help strings: a literal "50 %" in a docstring must not break --help
+        help_text = f"{docs.get(field.name, '')} (default: {default})".strip().replace("%", "%%")
         if kind is bool:
             group.add_argument(*flags, dest=field.name, action=argparse.BooleanOptionalAction,
                                default=default, help=help_text)

@@ -30,6 +30,7 @@ import math
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -224,7 +225,8 @@ def bench_quality(args) -> list[dict]:
             teacher = args.distill or args.distill_hidden
             loss_fn = (distillation_loss(copy.deepcopy(dense), args.distill, hidden_weight=args.distill_hidden)
                        if teacher else None)
-            record = finetune_classifier(model, data, trainer, str(out / f"mpo{budget}-{trainable}"), loss_fn)
+            tuning = replace(trainer, learning_rate=args.mpo_learning_rate or args.learning_rate)
+            record = finetune_classifier(model, data, tuning, str(out / f"mpo{budget}-{trainable}"), loss_fn)
             errors = [r["relative_error"] for r in handle.report]
             params = count_parameters(model)
             rows.append({**base, "model": f"mpo {budget:.0%}" + (" aux-only" if trainable != "all" else ""),
@@ -323,6 +325,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--mpo-learning-rate", type=float, default=3e-4,
+                        help="learning rate when fine-tuning compressed MPO models (the job's default)")
     parser.add_argument("--distill", type=float, default=0.5, help="distillation weight when fine-tuning MPO models")
     parser.add_argument("--distill-hidden", type=float, default=0.0,
                         help="weight of hidden-state distillation when fine-tuning MPO models")

@@ -120,3 +120,23 @@ def test_torchrun_two_processes_share_one_run_folder(tmp_path, tiny_backbone_dir
     assert metrics["train"]["global_step"] == 2 * 48 // (4 * 2)
     config = json.loads((runs[0] / "config.json").read_text())
     assert config["environment"]["world_size"] == 2
+
+
+def _all_parsers(parser):
+    import argparse
+
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _all_parsers(sub)
+
+
+def test_every_subcommand_renders_its_help():
+    """--help formats every flag's documentation (a stray '%' in a docstring would crash it)."""
+    from plmkit.cli import build_parser
+
+    parsers = list(_all_parsers(build_parser()))
+    assert len(parsers) >= 8
+    for parser in parsers:
+        assert parser.format_help().startswith("usage:"), parser.prog
