@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,6 @@ def _accuracy_rows(metrics: dict[str, Any], names: list[tuple[str, str]], key: s
 def cmd_compress_mpo(args: argparse.Namespace) -> int:
     from plmkit.compress.jobs import CompressSetup, compress_mpo
     from plmkit.compress.mpo_model import MPOConfig
-    from plmkit.runs import RunFolder
-    from plmkit.trainer import TrainerConfig
 
     quiet_libraries()
     if args.max_error is not None or args.max_bond is not None:
@@ -41,15 +40,24 @@ def cmd_compress_mpo(args: argparse.Namespace) -> int:
     setup = build_dataclass(CompressSetup, args)
     config = build_dataclass(MPOConfig, args)
     label = f"{Path(setup.model).name}-{Path(setup.task).name if setup.task else 'encoder'}"
-    run = RunFolder.create("compress", args.output_dir, label=label)
+    return _run_job(args, "compress", label, lambda trainer, run: compress_mpo(setup, config, trainer, run),
+                    _print_mpo_summary)
+
+
+def _run_job(args: argparse.Namespace, kind: str, label: str, job: Callable[[Any, Any], dict[str, Any]],
+             summary: Callable[[dict[str, Any], Path], None]) -> int:
+    """Create the run folder, log into it, run ``job(trainer_config, run)``, print the summary once."""
+    from plmkit.runs import RunFolder
+    from plmkit.trainer import TrainerConfig
+
+    run = RunFolder.create(kind, args.output_dir, label=label)
     run.start_log()
     try:
-        trainer = build_dataclass(TrainerConfig, args, output_dir=str(run.path))
-        metrics = compress_mpo(setup, config, trainer, run)
+        metrics = job(build_dataclass(TrainerConfig, args, output_dir=str(run.path)), run)
     finally:
         run.stop_log()
     if _is_main():
-        _print_mpo_summary(metrics, run.path)
+        summary(metrics, run.path)
     return 0
 
 
@@ -82,22 +90,13 @@ def _print_mpo_summary(metrics: dict[str, Any], run_path: Path) -> None:
 def cmd_compress_deep(args: argparse.Namespace) -> int:
     from plmkit.compress.jobs import DeepSetup, deep_mpo
     from plmkit.compress.mpo_depth import DeepMPOConfig
-    from plmkit.runs import RunFolder
-    from plmkit.trainer import TrainerConfig
 
     quiet_libraries()
     setup = build_dataclass(DeepSetup, args)
     config = build_dataclass(DeepMPOConfig, args)
-    run = RunFolder.create("compress-deep", args.output_dir, label=f"{Path(setup.model).name}-x{config.depth_multiplier}")
-    run.start_log()
-    try:
-        trainer = build_dataclass(TrainerConfig, args, output_dir=str(run.path))
-        metrics = deep_mpo(setup, config, trainer, run)
-    finally:
-        run.stop_log()
-    if _is_main():
-        _print_deep_summary(metrics, run.path)
-    return 0
+    label = f"{Path(setup.model).name}-x{config.depth_multiplier}"
+    return _run_job(args, "compress-deep", label, lambda trainer, run: deep_mpo(setup, config, trainer, run),
+                    _print_deep_summary)
 
 
 def _print_deep_summary(metrics: dict[str, Any], run_path: Path) -> None:

@@ -103,6 +103,9 @@ def shutdown() -> None:
     an active exception") while its worker threads are destroyed, which turns a finished run into a
     crashed one.
     """
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    torch.distributed.barrier()
+    # DeepSpeed's own teardown also drops the groups it cached (data-parallel, ZeRO), so a later job in
+    # the same process initialises cleanly instead of meeting a destroyed group.
+    import_deepspeed().comm.destroy_process_group()

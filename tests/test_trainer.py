@@ -201,3 +201,13 @@ def test_two_processes_stay_identical_and_match_one_process(tmp_path):
         for name, value in rank0.items():
             assert torch.equal(value, rank1[name]), (stage, name)
             torch.testing.assert_close(value, single.state_dict()[name], rtol=1e-5, atol=1e-6)
+
+
+def test_a_second_job_after_shutdown_in_the_same_process_trains(tmp_path):
+    """The CLI tears the process group down after each job; a later job in the process must start afresh."""
+    data = _data()
+    Trainer(_model(), _loss, data, _config(tmp_path, "first", epochs=1)).train()
+    distributed.shutdown()
+    assert not torch.distributed.is_initialized()
+    result = Trainer(_model(), _loss, data, _config(tmp_path, "second", epochs=1, zero_stage=2)).train()
+    assert result.global_step > 0
