@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHAPES = ((768, 3072), (1024, 4096))
 FRACTIONS = (0.1, 0.25, 0.5)
 TOKENS = (16, 1024)
+DEVICE = torch.device("cpu")  # --device; layer timings run there
 SKIP_FACTORED = 50.0  # do not time the forced factored path when it needs this many times the dense flops
 
 
@@ -72,13 +73,15 @@ def _time_all(layers: dict[str, nn.Module], tokens: int, features: int, rounds: 
     layer whose call takes longer than ``slow_s`` is timed in one round only: the point is made
     without minutes of waiting.
     """
-    x = torch.randn(tokens, features, requires_grad=True)
+    x = torch.randn(tokens, features, device=DEVICE, requires_grad=True)
     times: dict[str, list[float]] = {name: [] for name in layers}
 
     def call(layer: nn.Module) -> float:
         layer.zero_grad(set_to_none=True)
+        _sync()
         started = time.perf_counter()
         layer(x).square().mean().backward()
+        _sync()
         return time.perf_counter() - started
 
     slow = {name for name, layer in layers.items() if call(layer) > slow_s}
@@ -89,16 +92,25 @@ def _time_all(layers: dict[str, nn.Module], tokens: int, features: int, rounds: 
     return {name: statistics.median(values) for name, values in times.items()}
 
 
+@torch.no_grad()
 def _time_inference(layer: nn.Module, tokens: int, features: int, repeats: int = 5) -> float:
     """Median seconds of a no-grad forward (after one warm-up: MPOLinear caches its rebuilt weight)."""
-    x = torch.randn(tokens, features)
+    x = torch.randn(tokens, features, device=DEVICE)
     layer(x)
     times = []
     for _ in range(repeats):
+        _sync()
         started = time.perf_counter()
         layer(x)
+        _sync()
         times.append(time.perf_counter() - started)
     return statistics.median(times)
+
+
+def _sync() -> None:
+    """Wait for queued GPU work, so wall-clock timings cover it."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def _tltorch_layers(linear: nn.Linear, shape_in, shape_out, rank):
@@ -137,13 +149,15 @@ def bench_layers(tokens=TOKENS, fractions=FRACTIONS) -> list[dict]:
                 fraction * weight.numel())
             ours = MPOLinear.from_linear(linear, in_f, out_f, param_budget=budget)
             error = float((ours.merged_weight() - weight).norm() / weight.norm())
-            contenders = {"nn.Linear": linear, "mpo auto": ours}
+            ours.to(DEVICE)
+            contenders = {"nn.Linear": copy.deepcopy(linear).to(DEVICE), "mpo auto": ours}
             tl_error = _tl_error(tl["factorized"], weight) if tl else None
             if tl:
-                contenders.update({"tltorch factorized": tl["factorized"], "tltorch reconstructed": tl["reconstructed"]})
+                contenders.update({"tltorch factorized": tl["factorized"].to(DEVICE),
+                                   "tltorch reconstructed": tl["reconstructed"].to(DEVICE)})
                 # The smallest MPO whose error does not exceed tltorch's: "at equal error".
                 equal = MPOLinear.from_linear(linear, in_f, out_f, max_error=tl_error * float(weight.norm()))
-                contenders["mpo auto, equal error"] = equal
+                contenders["mpo auto, equal error"] = equal.to(DEVICE)
             for n in tokens:
                 forced = {}
                 for mode in ("dense", "factored"):
@@ -294,12 +308,12 @@ def print_tables(results: dict) -> None:
                           ms.get("tltorch factorized", math.nan), ms.get("tltorch reconstructed", math.nan),
                           r.get("params_mpo_equal_error") or math.nan, ms.get("mpo auto, equal error", math.nan),
                           _or_nan(r.get("equal_error_time_ratio_vs_best_tltorch"))])
-        print(format_table(table, headers, title="forward+backward per call (CPU), ms; relative error of the weight"))
+        print(format_table(table, headers, title=f"forward+backward per call ({DEVICE}), ms; relative error of the weight"))
         names = ["nn.Linear", "mpo auto", "tltorch reconstructed", "tltorch factorized"]
         table = [[r["shape"], r["params_mpo"], r["tokens"]] + [r["inference_ms"].get(k, math.nan) for k in names]
                  for r in results["layers"] if "inference_ms" in r]
         print(format_table(table, ["shape", "params", "N"] + [f"{k} ms" for k in names],
-                           title="inference: no-grad forward per call (CPU), ms"))
+                           title=f"inference: no-grad forward per call ({DEVICE}), ms"))
     if results.get("quality"):
         table = [[r["task"], r["model"], r["encoder_fraction"], r.get("before", {}).get("validation", math.nan),
                   r["after"]["validation"], r["after"]["test"], r["train_s"]] for r in results["quality"]]
@@ -315,6 +329,8 @@ def print_tables(results: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where the layer timings run (default: cuda when available)")
     parser.add_argument("--part", default="layers", choices=("layers", "quality", "deep", "all", "print"))
     parser.add_argument("--out", default=str(ROOT / "scripts" / "results" / "bench_mpo.json"))
     parser.add_argument("--model", default="minilm-l6")
@@ -341,6 +357,8 @@ def main() -> None:
     from plmkit.cliargs import quiet_libraries
 
     quiet_libraries()
+    global DEVICE
+    DEVICE = torch.device(args.device)
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {}
     if args.part in ("layers", "all"):
@@ -355,7 +373,7 @@ def main() -> None:
     if args.part in ("deep", "all"):
         results["deep"] = bench_deep(args)
     results.setdefault("environment", {}).update({
-        "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "layers_device": str(DEVICE),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         f"command_{args.part}": " ".join(sys.argv)})
     from plmkit.io import atomic_write_json
