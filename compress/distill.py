@@ -19,6 +19,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from plmkit.textclf import loss_from_logits
+
 
 def distillation_loss(teacher: nn.Module, alpha: float = 0.5, temperature: float = 2.0,
                       hidden_weight: float = 0.0) -> Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]:
@@ -29,7 +31,7 @@ def distillation_loss(teacher: nn.Module, alpha: float = 0.5, temperature: float
         raise ValueError(f"distillation temperature must be > 0, got {temperature}")
     if hidden_weight < 0:
         raise ValueError(f"hidden-state distillation weight must be >= 0, got {hidden_weight}")
-    if hidden_weight and not (hasattr(teacher, "encoder") and hasattr(teacher, "head")):
+    if hidden_weight and not hasattr(teacher, "encoder_inputs"):
         raise ValueError("hidden-state distillation needs an encoder + head classifier "
                          "(plmkit.models.build_classifier) as the teacher")
     teacher.eval().requires_grad_(False)
@@ -46,7 +48,7 @@ def distillation_loss(teacher: nn.Module, alpha: float = 0.5, temperature: float
             with torch.no_grad():
                 target = teacher(**batch)
         logits, target = logits.float(), target.float()
-        hard = classification_loss_from_logits(logits, batch["labels"])
+        hard = loss_from_logits(logits, batch["labels"])
         if logits.shape[-1] == 1:
             soft = F.mse_loss(logits, target)
         else:
@@ -59,10 +61,7 @@ def distillation_loss(teacher: nn.Module, alpha: float = 0.5, temperature: float
 
 def _logits_and_hidden(model: nn.Module, batch: dict[str, torch.Tensor]):
     """Logits and every hidden state (embeddings first) of an encoder + head classifier, in one pass."""
-    kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-    if batch.get("token_type_ids") is not None and getattr(model, "_accepts_token_types", False):
-        kwargs["token_type_ids"] = batch["token_type_ids"]
-    out = model.encoder(**kwargs, output_hidden_states=True)
+    out = model.encoder(**model.encoder_inputs(**batch), output_hidden_states=True)
     return model.head(out.last_hidden_state, batch["attention_mask"]), out.hidden_states
 
 
@@ -77,11 +76,3 @@ def hidden_state_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.T
     losses = [((s.float() - t.float()).square() * mask).sum() / (t.float().square() * mask).sum().clamp_min(1e-12)
               for s, t in zip(student, teacher, strict=True)]
     return torch.stack(losses).mean()
-
-
-def classification_loss_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy, or MSE for one output: ``plmkit.textclf.classification_loss`` on computed logits."""
-    if logits.shape[-1] == 1:
-        return F.mse_loss(logits.squeeze(-1), labels.float())
-    return F.cross_entropy(logits, labels)
-

@@ -27,13 +27,12 @@ from plmkit.compress.mpo_depth import DeepMPOConfig, build_deep_mpo, hidden_devi
 from plmkit.compress.mpo_io import LoadedMPOModel, export_dense, save_mpo_model
 from plmkit.compress.mpo_linear import FACTORED_PENALTY
 from plmkit.compress.mpo_model import MPOConfig, attach_mpo, count_parameters, mpo_layers
-from plmkit.metrics import greater_is_better
 from plmkit.models import build_classifier
 from plmkit.report import plot_heatmap
 from plmkit.runs import RunFolder, environment
 from plmkit.tasks import load_task
-from plmkit.textclf import TaskData, train_classifier
-from plmkit.trainer import Trainer, TrainerConfig, seed_everything
+from plmkit.textclf import TaskData, classification_loss, train_classifier
+from plmkit.trainer import TrainerConfig, seed_everything
 
 logger = logging.getLogger("plmkit")
 COMPRESS_FROM = ("finetuned", "pretrained")
@@ -135,12 +134,7 @@ def finetune_classifier(model: nn.Module, data: TaskData, trainer: TrainerConfig
     validation and test metrics.
     """
     config = replace(trainer, output_dir=folder, metric=None)
-    if loss_fn is None:
-        result = train_classifier(model, data, config)
-    else:
-        config = replace(config, metric=data.task.metric, greater_is_better=greater_is_better(data.task.metric))
-        evaluate = lambda m: data.evaluate(m, "validation", batch_size=max(64, config.batch_size))  # noqa: E731
-        result = Trainer(model, loss_fn, data.train, config, collate_fn=data.collator, evaluate_fn=evaluate).train()
+    result = train_classifier(model, data, config, loss=loss_fn or classification_loss)
     model.float()
     return {"train": result.to_dict(), **_splits(data, model)}
 

@@ -62,12 +62,17 @@ class SequenceClassifier(nn.Module):
         self.head = head
         self._accepts_token_types = encoder.config.model_type not in ("distilbert", "mpnet")
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: torch.Tensor | None = None, **_: Any) -> torch.Tensor:
+    def encoder_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                       token_type_ids: torch.Tensor | None = None, **_: Any) -> dict[str, torch.Tensor]:
+        """The batch fields this encoder takes (DistilBERT and MPNet have no token types)."""
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None and self._accepts_token_types:
             kwargs["token_type_ids"] = token_type_ids
-        hidden = self.encoder(**kwargs).last_hidden_state
+        return kwargs
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None, **_: Any) -> torch.Tensor:
+        hidden = self.encoder(**self.encoder_inputs(input_ids, attention_mask, token_type_ids)).last_hidden_state
         return self.head(hidden, attention_mask)
 
 

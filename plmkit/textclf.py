@@ -52,8 +52,12 @@ class PadCollator:
 
 def classification_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Cross-entropy, or mean squared error when the model has one output (regression)."""
-    logits = model(**batch).float()
-    labels = batch["labels"]
+    return loss_from_logits(model(**batch), batch["labels"])
+
+
+def loss_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The task loss on computed outputs (for losses that also need the logits for something else)."""
+    logits = logits.float()
     if logits.shape[-1] == 1:
         return F.mse_loss(logits.squeeze(-1), labels.float())
     return F.cross_entropy(logits, labels)
@@ -98,9 +102,12 @@ class TaskData:
 
 
 def train_classifier(model: nn.Module, data: TaskData, config: TrainerConfig,
-                     regularizer: Callable[[], torch.Tensor | None] | None = None) -> TrainResult:
+                     regularizer: Callable[[], torch.Tensor | None] | None = None,
+                     loss: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor] = classification_loss,
+                     ) -> TrainResult:
     """Train whatever in ``model`` requires grad on the task, selecting on its validation metric.
 
+    ``loss(model, batch)`` defaults to the task loss (e.g. a distillation loss replaces it);
     ``regularizer()`` is called after each forward and its value (if any) added to that step's loss.
     """
     if config.metric is None:
@@ -108,9 +115,9 @@ def train_classifier(model: nn.Module, data: TaskData, config: TrainerConfig,
         config.greater_is_better = greater_is_better(config.metric)
 
     def loss_fn(m: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        loss = classification_loss(m, batch)
+        value = loss(m, batch)
         extra = regularizer() if regularizer is not None else None
-        return loss if extra is None else loss + extra
+        return value if extra is None else value + extra
 
     trainer = Trainer(
         model, loss_fn, data.train, config, collate_fn=data.collator,
