@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from plmkit.errors import ConfigError
 from plmkit.textclf import loss_from_logits
 
 
@@ -26,13 +27,13 @@ def distillation_loss(teacher: nn.Module, alpha: float = 0.5, temperature: float
                       hidden_weight: float = 0.0) -> Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]:
     """A trainer ``loss_fn(model, batch)`` mixing the task loss with the frozen teacher's outputs."""
     if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"distillation weight must be in [0, 1], got {alpha}")
+        raise ConfigError(f"distillation weight must be in [0, 1], got {alpha}")
     if temperature <= 0:
-        raise ValueError(f"distillation temperature must be > 0, got {temperature}")
+        raise ConfigError(f"distillation temperature must be > 0, got {temperature}")
     if hidden_weight < 0:
-        raise ValueError(f"hidden-state distillation weight must be >= 0, got {hidden_weight}")
+        raise ConfigError(f"hidden-state distillation weight must be >= 0, got {hidden_weight}")
     if hidden_weight and not hasattr(teacher, "encoder_inputs"):
-        raise ValueError("hidden-state distillation needs an encoder + head classifier "
+        raise ConfigError("hidden-state distillation needs an encoder + head classifier "
                          "(plmkit.models.build_classifier) as the teacher")
     teacher.eval().requires_grad_(False)
 
@@ -69,7 +70,7 @@ def hidden_state_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.T
                       attention_mask: torch.Tensor) -> torch.Tensor:
     """Mean over layers of ||h_s - h_t||^2 / ||h_t||^2 on real tokens (scale-free across layers)."""
     if len(student) != len(teacher):
-        raise ValueError(f"hidden-state distillation needs the same depth: student has {len(student) - 1} "
+        raise ConfigError(f"hidden-state distillation needs the same depth: student has {len(student) - 1} "
                          f"layers, teacher {len(teacher) - 1}")
     # (batch, tokens) -> (batch, tokens, 1)
     mask = attention_mask.unsqueeze(-1).float()

@@ -27,6 +27,7 @@ from plmkit.compress.mpo_depth import DeepMPOConfig, build_deep_mpo, hidden_devi
 from plmkit.compress.mpo_io import LoadedMPOModel, export_dense, save_mpo_model
 from plmkit.compress.mpo_linear import FACTORED_PENALTY
 from plmkit.compress.mpo_model import MPOConfig, attach_mpo, count_parameters, mpo_layers
+from plmkit.errors import ConfigError
 from plmkit.models import build_classifier
 from plmkit.report import plot_heatmap
 from plmkit.runs import RunFolder, environment
@@ -80,15 +81,15 @@ class CompressSetup:
 
     def __post_init__(self) -> None:
         if self.compress_from not in COMPRESS_FROM:
-            raise ValueError(f"compress_from must be one of {COMPRESS_FROM}, got {self.compress_from!r}")
+            raise ConfigError(f"compress_from must be one of {COMPRESS_FROM}, got {self.compress_from!r}")
         if self.pooling not in ("cls", "mean"):
-            raise ValueError(f"pooling must be 'cls' or 'mean', got {self.pooling!r}")
+            raise ConfigError(f"pooling must be 'cls' or 'mean', got {self.pooling!r}")
         if self.dense_epochs is not None and self.dense_epochs < 0:
-            raise ValueError(f"dense_epochs must be >= 0, got {self.dense_epochs}")
+            raise ConfigError(f"dense_epochs must be >= 0, got {self.dense_epochs}")
         if not 0.0 <= self.distill <= 1.0:
-            raise ValueError(f"distill must be in [0, 1], got {self.distill}")
+            raise ConfigError(f"distill must be in [0, 1], got {self.distill}")
         if self.distill_hidden < 0:
-            raise ValueError(f"distill_hidden must be >= 0, got {self.distill_hidden}")
+            raise ConfigError(f"distill_hidden must be >= 0, got {self.distill_hidden}")
 
     def load_task(self):
         return load_task(self.task, seed=self.data_seed, max_train_samples=self.max_train_samples,

@@ -27,13 +27,15 @@ from dataclasses import dataclass, field
 
 import torch
 
+from plmkit.errors import ConfigError, PlmkitError
+
 # Official factor shapes (MPOBERT); the search in ``factorize`` reproduces them, the table pins them.
 KNOWN_FACTORS: dict[int, tuple[int, ...]] = {
     768: (4, 4, 4, 4, 3), 3072: (4, 4, 8, 6, 4), 1024: (4, 4, 4, 4, 4), 4096: (4, 4, 8, 8, 4),
 }
 
 
-class MPOShapeError(ValueError):
+class MPOShapeError(PlmkitError):
     """Factor shapes that do not describe the matrix, with what would."""
 
 
@@ -248,7 +250,7 @@ def mpo_decompose(
     ``factorize`` of each side.
     """
     if sum(x is not None for x in (ranks, max_error, param_budget)) > 1:
-        raise ValueError("give at most one of ranks, max_error and param_budget")
+        raise ConfigError("give at most one of ranks, max_error and param_budget")
     if weight.ndim != 2:
         raise MPOShapeError(f"expected a matrix, got a tensor of shape {tuple(weight.shape)}")
     in_f = tuple(in_factors) if in_factors else factorize(weight.shape[0], num_cores)
@@ -265,7 +267,7 @@ def mpo_decompose(
         from plmkit.compress.mpo_budget import shrink
 
         if max_error is not None and max_error < 0:
-            raise ValueError(f"max_error must be >= 0, got {max_error}")
+            raise ConfigError(f"max_error must be >= 0, got {max_error}")
         limits = None if max_error is None else [max_error**2]
         return shrink([mpo], budget=param_budget, max_error_sq=limits)[0]
     return mpo
@@ -275,7 +277,7 @@ def _explicit_ranks(mpo: MPO, ranks: int | Sequence[int]) -> list[int]:
     full = full_ranks(mpo.in_factors, mpo.out_factors)
     if isinstance(ranks, int):
         if ranks < 1:
-            raise ValueError(f"ranks must be >= 1, got {ranks}")
+            raise ConfigError(f"ranks must be >= 1, got {ranks}")
         return [min(ranks, f) for f in full]
     ranks = list(ranks)
     if len(ranks) != len(full) or any(r < 1 or r > f for r, f in zip(ranks, full, strict=True)):

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from plmkit.compress.mpo import MPO, left_orthonormalise, mpo_parameters, right_orthonormalise
+from plmkit.errors import ConfigError
 
 CHUNK = 0.05
 
@@ -114,7 +115,7 @@ def shrink(mpos: list[MPO], scales: list[float] | None = None, budget: int | Non
     total = sum(m.num_parameters() for m in mpos)
     floor = sum(_smallest(item) for item in items)
     if budget is not None and budget < floor:
-        raise ValueError(f"a budget of {budget:,} parameters is below the smallest MPO with these outer bonds "
+        raise ConfigError(f"a budget of {budget:,} parameters is below the smallest MPO with these outer bonds "
                          f"({floor:,}); raise the budget or use fewer cores")
     heap: list = []
 

@@ -32,6 +32,7 @@ from plmkit.compress.mpo import factorize
 from plmkit.compress.mpo_linear import MPOLinear
 from plmkit.compress.mpo_model import encoder_root, set_module
 from plmkit.compress.mpo_share import SharedFit, fit_shared_mpo
+from plmkit.errors import ConfigError
 
 # Per family: (linear layers whose output joins the residual stream, (attention LN, final LN)).
 ANATOMY = {
@@ -70,17 +71,17 @@ class DeepMPOConfig:
     def __post_init__(self) -> None:
         for name in ("depth_multiplier", "num_groups", "fit_iterations"):
             if getattr(self, name) < 1 and not (name == "fit_iterations" and getattr(self, name) == 0):
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.adapter_rank < 0:
-            raise ValueError(f"adapter_rank must be >= 0, got {self.adapter_rank}")
+            raise ConfigError(f"adapter_rank must be >= 0, got {self.adapter_rank}")
         if self.aux_scale is not None and self.aux_scale < 0:
-            raise ValueError(f"aux_scale must be >= 0, got {self.aux_scale}")
+            raise ConfigError(f"aux_scale must be >= 0, got {self.aux_scale}")
         if self.max_bond is not None and self.max_bond < 1:
-            raise ValueError(f"max_bond must be >= 1, got {self.max_bond}")
+            raise ConfigError(f"max_bond must be >= 1, got {self.max_bond}")
         if self.num_cores < 3:
-            raise ValueError(f"num_cores must be >= 3 (auxiliary tensors on both sides), got {self.num_cores}")
+            raise ConfigError(f"num_cores must be >= 3 (auxiliary tensors on both sides), got {self.num_cores}")
         if self.trainable not in DEEP_TRAINABLE:
-            raise ValueError(f"trainable must be one of {DEEP_TRAINABLE}, got {self.trainable!r}")
+            raise ConfigError(f"trainable must be one of {DEEP_TRAINABLE}, got {self.trainable!r}")
 
     def scale(self, pretrained_layers: int) -> float:
         return self.aux_scale if self.aux_scale is not None else (2 * pretrained_layers) ** -0.25
@@ -96,7 +97,7 @@ class DeepModel:
 def layer_groups(num_layers: int, num_groups: int) -> list[list[int]]:
     """Split layers 0..L-1 into ``num_groups`` contiguous groups of near-equal size."""
     if not 1 <= num_groups <= num_layers:
-        raise ValueError(f"num_groups must be between 1 and the {num_layers} pretrained layers, got {num_groups}")
+        raise ConfigError(f"num_groups must be between 1 and the {num_layers} pretrained layers, got {num_groups}")
     bounds = [g * num_layers // num_groups for g in range(num_groups + 1)]
     return [list(range(bounds[g], bounds[g + 1])) for g in range(num_groups)]
 
@@ -154,7 +155,7 @@ def build_deep_mpo(encoder: nn.Module, config: DeepMPOConfig | None = None) -> D
     config = config or DeepMPOConfig()
     model_type = encoder.config.model_type
     if model_type not in ANATOMY:
-        raise ValueError(f"depth scaling supports {sorted(ANATOMY)}, not {model_type!r}")
+        raise ConfigError(f"depth scaling supports {sorted(ANATOMY)}, not {model_type!r}")
     layers = encoder_root(encoder).layer
     groups = layer_groups(len(layers), config.num_groups)
     kinds = [n for n, m in layers[0].named_modules() if isinstance(m, nn.Linear)]
@@ -198,7 +199,7 @@ def _with_layers(encoder: nn.Module, deep_layers: list[nn.Module]) -> nn.Module:
 def set_deep_trainable(model: nn.Module, trainable: str) -> None:
     """'all' or 'auxiliary' (auxiliary cores + adapters; the caller's head trains as it likes)."""
     if trainable not in DEEP_TRAINABLE:
-        raise ValueError(f"trainable must be one of {DEEP_TRAINABLE}, got {trainable!r}")
+        raise ConfigError(f"trainable must be one of {DEEP_TRAINABLE}, got {trainable!r}")
     for param in model.parameters():
         param.requires_grad_(trainable == "all")
     if trainable == "auxiliary":

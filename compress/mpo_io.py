@@ -23,6 +23,7 @@ from torch import nn
 from plmkit.backbones import backbone_signature
 from plmkit.compress.mpo_linear import MPOLinear
 from plmkit.compress.mpo_model import merge_in_place, mpo_layers, set_module
+from plmkit.errors import PlmkitError
 from plmkit.io import atomic_directory, atomic_write_json, save_tensors_atomic
 from plmkit.models import HeadConfig, SequenceClassifier, build_classifier
 
@@ -31,7 +32,7 @@ FORMAT_VERSION = 1
 HEAD_EXPORT = {"bert": "bert", "roberta": "roberta", "xlm-roberta": "roberta"}
 
 
-class MPOLoadError(ValueError):
+class MPOLoadError(PlmkitError):
     """A folder that is not a saved plmkit MPO model, or one that does not load."""
 
 

@@ -31,6 +31,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from plmkit.compress.mpo import MPO, check_factors, contract_cores, mpo_decompose
+from plmkit.errors import ConfigError
 
 FORWARD_MODES = ("auto", "dense", "factored")
 TRAINABLE_PARTS = ("all", "auxiliary", "central", "none")
@@ -50,11 +51,11 @@ class MPOLinear(nn.Module):
         in_f, out_f = tuple(int(f) for f in in_factors), tuple(int(f) for f in out_factors)
         check_factors((math.prod(in_f), math.prod(out_f)), in_f, out_f)
         if len(ranks) != len(in_f) + 1 or ranks[0] != 1 or ranks[-1] != 1:
-            raise ValueError(f"ranks must have {len(in_f) + 1} entries starting and ending with 1, got {list(ranks)}")
+            raise ConfigError(f"ranks must have {len(in_f) + 1} entries starting and ending with 1, got {list(ranks)}")
         if forward_mode not in FORWARD_MODES:
-            raise ValueError(f"forward_mode must be one of {FORWARD_MODES}, got {forward_mode!r}")
+            raise ConfigError(f"forward_mode must be one of {FORWARD_MODES}, got {forward_mode!r}")
         if adapter_rank < 0:
-            raise ValueError(f"adapter_rank must be >= 0, got {adapter_rank}")
+            raise ConfigError(f"adapter_rank must be >= 0, got {adapter_rank}")
         self.in_factors, self.out_factors = in_f, out_f
         self.in_features, self.out_features = math.prod(in_f), math.prod(out_f)
         self.centre = len(in_f) // 2
@@ -111,7 +112,7 @@ class MPOLinear(nn.Module):
     def share_central(self, parameter: nn.Parameter) -> None:
         """Use ``parameter`` (the same object in several layers) as this layer's central tensor."""
         if parameter.shape != self.central.shape:
-            raise ValueError(f"shared central tensor has shape {tuple(parameter.shape)}, this layer needs "
+            raise ConfigError(f"shared central tensor has shape {tuple(parameter.shape)}, this layer needs "
                              f"{tuple(self.central.shape)}")
         self.cores[self.centre] = parameter
         self._cache = None
@@ -119,7 +120,7 @@ class MPOLinear(nn.Module):
     def set_trainable(self, part: str = "all") -> None:
         """'all'; 'auxiliary' (auxiliary cores + adapter, MPOP light fine-tuning); 'central'; 'none'."""
         if part not in TRAINABLE_PARTS:
-            raise ValueError(f"trainable part must be one of {TRAINABLE_PARTS}, got {part!r}")
+            raise ConfigError(f"trainable part must be one of {TRAINABLE_PARTS}, got {part!r}")
         for k, core in enumerate(self.cores):
             wanted = {"all": True, "none": False, "auxiliary": k != self.centre, "central": k == self.centre}
             core.requires_grad_(wanted[part])
@@ -208,7 +209,7 @@ class MPOLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
-            raise ValueError(f"MPOLinear expects {self.in_features} input features, got {x.shape[-1]}")
+            raise ConfigError(f"MPOLinear expects {self.in_features} input features, got {x.shape[-1]}")
         lead = x.shape[:-1]
         # (..., I) -> (N, I)
         flat = x.reshape(-1, self.in_features)

@@ -22,6 +22,7 @@ from torch import nn
 from plmkit.compress.mpo import MPO, full_ranks, mpo_decompose, truncate
 from plmkit.compress.mpo_budget import shrink
 from plmkit.compress.mpo_linear import FORWARD_MODES, MPOLinear
+from plmkit.errors import ConfigError
 
 ALLOCATIONS = ("global", "uniform")
 TRAINABLE = ("auxiliary", "all", "none")
@@ -53,24 +54,24 @@ class MPOConfig:
     def __post_init__(self) -> None:
         chosen = [n for n in ("budget", "max_error", "max_bond") if getattr(self, n) is not None]
         if len(chosen) > 1:
-            raise ValueError(f"set only one of budget, max_error and max_bond (got {', '.join(chosen)}); "
+            raise ConfigError(f"set only one of budget, max_error and max_bond (got {', '.join(chosen)}); "
                              "pass --budget none to use another")
         if self.budget is not None and not 0.0 < self.budget <= 1.0:
-            raise ValueError(f"budget must be in (0, 1], got {self.budget}")
+            raise ConfigError(f"budget must be in (0, 1], got {self.budget}")
         if self.max_error is not None and self.max_error < 0:
-            raise ValueError(f"max_error must be >= 0, got {self.max_error}")
+            raise ConfigError(f"max_error must be >= 0, got {self.max_error}")
         if self.max_bond is not None and self.max_bond < 1:
-            raise ValueError(f"max_bond must be >= 1, got {self.max_bond}")
+            raise ConfigError(f"max_bond must be >= 1, got {self.max_bond}")
         if self.num_cores < 2:
-            raise ValueError(f"num_cores must be >= 2, got {self.num_cores}")
+            raise ConfigError(f"num_cores must be >= 2, got {self.num_cores}")
         for name, allowed in (("allocation", ALLOCATIONS), ("forward_mode", FORWARD_MODES),
                               ("trainable", TRAINABLE)):
             if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+                raise ConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         try:
             re.compile(self.targets)
         except re.error as error:
-            raise ValueError(f"targets is not a valid regular expression: {error}") from error
+            raise ConfigError(f"targets is not a valid regular expression: {error}") from error
         self.factor_table()
 
     def factor_table(self) -> dict[int, tuple[int, ...]]:
@@ -82,9 +83,9 @@ class MPOConfig:
                 parsed = tuple(int(f) for f in shape.lower().split("x"))
                 size_value = int(size)
             except ValueError:
-                raise ValueError(f"bad factors entry {item!r}; write SIZE=AxBxC..., e.g. 384=2x4x4x4x3") from None
+                raise ConfigError(f"bad factors entry {item!r}; write SIZE=AxBxC..., e.g. 384=2x4x4x4x3") from None
             if math.prod(parsed) != size_value or len(parsed) != self.num_cores:
-                raise ValueError(f"factors entry {item!r}: need {self.num_cores} factors whose product is {size_value}")
+                raise ConfigError(f"factors entry {item!r}: need {self.num_cores} factors whose product is {size_value}")
             table[size_value] = parsed
         return table
 
@@ -103,7 +104,7 @@ def find_targets(model: nn.Module, pattern: str) -> list[tuple[str, nn.Linear]]:
     found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and regex.search(n)]
     if not found:
         linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][:6]
-        raise ValueError(f"no nn.Linear module name matches targets {pattern!r}; linear layers are named like "
+        raise ConfigError(f"no nn.Linear module name matches targets {pattern!r}; linear layers are named like "
                          f"{', '.join(linears) or '(none)'}")
     return found
 
@@ -134,13 +135,13 @@ def _cores_budget(model: nn.Module, targets: list[tuple[str, nn.Linear]], budget
     inside = {id(m) for m in root.modules()}
     outside = [n for n, m in targets if id(m) not in inside]
     if outside:
-        raise ValueError(f"a budget is a fraction of the encoder's parameters, but {outside[0]} lies outside the "
+        raise ConfigError(f"a budget is a fraction of the encoder's parameters, but {outside[0]} lies outside the "
                          "encoder; narrow --targets or use --max-error / --max-bond")
     encoder_params = sum(p.numel() for p in root.parameters())
     weights = sum(m.weight.numel() for _, m in targets)
     cores = int(budget * encoder_params) - (encoder_params - weights)
     if cores <= 0:
-        raise ValueError(f"a budget of {budget:.0%} cannot be met: the parameters that are not decomposed already "
+        raise ConfigError(f"a budget of {budget:.0%} cannot be met: the parameters that are not decomposed already "
                          f"take {(encoder_params - weights) / encoder_params:.0%} of the encoder")
     return cores, encoder_params
 
@@ -163,7 +164,7 @@ class MPOHandle:
     def set_trainable(self, trainable: str) -> None:
         """'auxiliary': only auxiliary tensors (the caller adds its head); 'all'; 'none'."""
         if trainable not in TRAINABLE:
-            raise ValueError(f"trainable must be one of {TRAINABLE}, got {trainable!r}")
+            raise ConfigError(f"trainable must be one of {TRAINABLE}, got {trainable!r}")
         for param in self.model.parameters():
             param.requires_grad_(trainable == "all")
         if trainable == "auxiliary":

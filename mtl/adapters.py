@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from plmkit.backbones import backbone_signature
+from plmkit.errors import ConfigError, PlmkitError
 from plmkit.mtl.saving import (
     ModuleFolderError,
     head_state,
@@ -36,7 +37,7 @@ FORMAT = "plmkit-adapter"
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
 
 
-class AdapterLoadError(ValueError):
+class AdapterLoadError(PlmkitError):
     """A saved adapter that does not fit the backbone, or a folder that is not an adapter."""
 
 
@@ -50,11 +51,11 @@ class AdapterConfig:
 
     def __post_init__(self) -> None:
         if self.reduction_factor < 1:
-            raise ValueError(f"reduction_factor must be >= 1, got {self.reduction_factor}")
+            raise ConfigError(f"reduction_factor must be >= 1, got {self.reduction_factor}")
         if self.non_linearity not in ACTIVATIONS:
-            raise ValueError(f"non_linearity must be one of {sorted(ACTIVATIONS)}, got {self.non_linearity!r}")
+            raise ConfigError(f"non_linearity must be one of {sorted(ACTIVATIONS)}, got {self.non_linearity!r}")
         if self.init not in ("bert", "identity"):
-            raise ValueError(f"init must be 'bert' or 'identity', got {self.init!r}")
+            raise ConfigError(f"init must be 'bert' or 'identity', got {self.init!r}")
 
     def bottleneck(self, hidden_size: int) -> int:
         return max(1, hidden_size // self.reduction_factor)

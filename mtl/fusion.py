@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from plmkit.errors import ConfigError
 from plmkit.mtl.sources import SourceAdapters
 
 
@@ -34,9 +35,9 @@ class FusionConfig:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"fusion dropout must be in [0, 1), got {self.dropout}")
+            raise ConfigError(f"fusion dropout must be in [0, 1), got {self.dropout}")
         if self.regularization < 0:
-            raise ValueError(f"fusion regularization must be >= 0, got {self.regularization}")
+            raise ConfigError(f"fusion regularization must be >= 0, got {self.regularization}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

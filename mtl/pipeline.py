@@ -19,6 +19,7 @@ from typing import Any
 
 from plmkit import distributed
 from plmkit.backbones import DEFAULT_ENCODER, Backbone, load_encoder
+from plmkit.errors import ConfigError
 from plmkit.memory import peak_memory_mb, reset_peak_memory
 from plmkit.models import build_classifier
 from plmkit.mtl.adapters import AdapterConfig, attach_adapters, save_adapter
@@ -99,19 +100,19 @@ class TransferSetup:
         names = [n.strip() for n in names if n.strip()]
         unknown = [n for n in names if n not in ALL_METHODS]
         if unknown:
-            raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(ALL_METHODS)}")
+            raise ConfigError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(ALL_METHODS)}")
         return names
 
     def seed_list(self) -> list[int]:
         try:
             return [int(s) for s in self.seeds.split(",") if s.strip()]
         except ValueError as error:
-            raise ValueError(f"--seeds must be comma-separated integers, got {self.seeds!r}") from error
+            raise ConfigError(f"--seeds must be comma-separated integers, got {self.seeds!r}") from error
 
     def source_list(self) -> list[str]:
         names = [s.strip() for s in self.sources.split(",") if s.strip()]
         if not names and not self.include_target_adapter:
-            raise ValueError("no source tasks: pass --sources A,B,C")
+            raise ConfigError("no source tasks: pass --sources A,B,C")
         return names
 
 

@@ -14,12 +14,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from plmkit.errors import PlmkitError
 from plmkit.io import atomic_directory, atomic_write_json, save_tensors_atomic
 
 CONFIG, WEIGHTS = "config.json", "weights.safetensors"
 
 
-class ModuleFolderError(ValueError):
+class ModuleFolderError(PlmkitError):
     """A folder that is not the saved module it was expected to be."""
 
 

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from plmkit.errors import ConfigError
 from plmkit.mtl.sources import SourceAdapters
 
 VARIANTS = {  # name -> (per-dimension scales, shared across layers)
@@ -46,13 +47,13 @@ class ScaLearnConfig:
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
-            raise ValueError(f"unknown ScaLearn variant {self.variant!r}; choose one of {', '.join(VARIANTS)}")
+            raise ConfigError(f"unknown ScaLearn variant {self.variant!r}; choose one of {', '.join(VARIANTS)}")
         if self.dropout is None:
             self.dropout = 0.0 if self.variant == "scalearn-uniform++" else 0.3
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"ScaLearn dropout must be in [0, 1), got {self.dropout}")
+            raise ConfigError(f"ScaLearn dropout must be in [0, 1), got {self.dropout}")
         if self.init_std < 0 or self.mean_one < 0:
-            raise ValueError("init_std and mean_one must be >= 0")
+            raise ConfigError("init_std and mean_one must be >= 0")
 
     @property
     def per_dimension(self) -> bool:

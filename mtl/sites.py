@@ -20,11 +20,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from plmkit.errors import ConfigError, PlmkitError
+
 BLOCK_ATTR = "plmkit_block"
 _LN_ATTR = "_plmkit_layer_norm"
 
 
-class UnsupportedBackboneError(ValueError):
+class UnsupportedBackboneError(PlmkitError):
     """The encoder has no feed-forward output we know how to hook."""
 
 
@@ -80,7 +82,7 @@ def find_feed_forward_sites(model: nn.Module) -> list[FeedForwardSite]:
 
 def install_block(site: FeedForwardSite, block: nn.Module) -> None:
     if hasattr(site.module, BLOCK_ATTR):
-        raise ValueError(f"layer {site.layer_index} already has a plmkit block; detach it first")
+        raise ConfigError(f"layer {site.layer_index} already has a plmkit block; detach it first")
     site.module.add_module(BLOCK_ATTR, block)
     forward = _bert_style_forward if site.style == "bert" else _distilbert_forward
     if site.style == "distilbert":

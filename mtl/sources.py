@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from plmkit.errors import ConfigError
 from plmkit.mtl.adapters import ACTIVATIONS
 
 
@@ -25,7 +26,7 @@ class SourceAdapters(nn.Module):
         super().__init__()
         n, bottleneck, hidden = down_weight.shape
         if up_weight.shape != (n, hidden, bottleneck) or down_bias.shape != (n, bottleneck) or up_bias.shape != (n, hidden):
-            raise ValueError("source adapter tensors do not stack: shapes "
+            raise ConfigError("source adapter tensors do not stack: shapes "
                              f"{tuple(down_weight.shape)}, {tuple(up_weight.shape)} disagree")
         self.num_sources, self.bottleneck, self.hidden_size = n, bottleneck, hidden
         self.act = ACTIVATIONS[non_linearity]()

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from plmkit.backbones import backbone_signature
+from plmkit.errors import ConfigError
 from plmkit.mtl.adapters import AdapterLoadError, check_backbone, load_adapter_weights
 from plmkit.mtl.fusion import FusionBlock, FusionConfig
 from plmkit.mtl.saving import ModuleFolderError, head_state, read_module_folder, write_module_folder
@@ -50,15 +51,15 @@ class Composition:
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise ValueError(f"unknown transfer method {self.method!r}; choose one of {', '.join(METHODS)}")
+            raise ConfigError(f"unknown transfer method {self.method!r}; choose one of {', '.join(METHODS)}")
         if not self.sources:
-            raise ValueError("a transfer setup needs at least one source adapter")
+            raise ConfigError("a transfer setup needs at least one source adapter")
         if self.method == "fusion":
             self.fusion = self.fusion or FusionConfig()
         else:
             self.scalearn = self.scalearn or ScaLearnConfig(variant=self.method)
             if self.scalearn.variant != self.method:
-                raise ValueError(f"method {self.method!r} but ScaLearn variant {self.scalearn.variant!r}")
+                raise ConfigError(f"method {self.method!r} but ScaLearn variant {self.scalearn.variant!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "sources": [asdict(s) for s in self.sources],

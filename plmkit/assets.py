@@ -26,6 +26,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from plmkit.errors import ConfigError, PlmkitError
+
 try:  # POSIX only; elsewhere the atomic rename alone keeps concurrent fetches safe.
     import fcntl
 except ImportError:  # pragma: no cover
@@ -38,7 +40,7 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 _CORRUPT = (zipfile.BadZipFile, zlib.error, EOFError, zipfile.LargeZipFile)
 
 
-class AssetError(RuntimeError):
+class AssetError(PlmkitError, RuntimeError):
     """A failure the user can hit; the message names the asset and how to fix it."""
 
 
@@ -75,16 +77,16 @@ class Asset:
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[a-z0-9][a-z0-9.-]*", self.name):
-            raise ValueError(f"asset name {self.name!r}: use lower-case letters, digits, '-' and '.'")
+            raise ConfigError(f"asset name {self.name!r}: use lower-case letters, digits, '-' and '.'")
         if self.kind not in KINDS:
-            raise ValueError(f"asset {self.name}: kind {self.kind!r} is not one of {KINDS}")
+            raise ConfigError(f"asset {self.name}: kind {self.kind!r} is not one of {KINDS}")
         if self.postprocess not in POSTPROCESSES:
-            raise ValueError(f"asset {self.name}: postprocess {self.postprocess!r} is not one of {POSTPROCESSES}")
+            raise ConfigError(f"asset {self.name}: postprocess {self.postprocess!r} is not one of {POSTPROCESSES}")
         if not self.archives or not self.members or not self.licence:
-            raise ValueError(f"asset {self.name}: archives, members and licence must not be empty")
+            raise ConfigError(f"asset {self.name}: archives, members and licence must not be empty")
         for ref in self.archives:
             if not _SHA256.fullmatch(ref.sha256):
-                raise ValueError(f"asset {self.name}: {ref.filename} needs a 64-hex lower-case sha256")
+                raise ConfigError(f"asset {self.name}: {ref.filename} needs a 64-hex lower-case sha256")
 
     @property
     def spec(self) -> str:
@@ -221,7 +223,7 @@ def _urllib_download(ref: ArchiveRef, dest_dir: Path) -> Path:
         files = json.load(resp)["urls"]
     match = [f["url"] for f in files if f.get("filename") == ref.filename]
     if not match:
-        raise ValueError(f"{url} lists no file {ref.filename}")
+        raise ConfigError(f"{url} lists no file {ref.filename}")
     target = dest_dir / ref.filename
     with urllib.request.urlopen(match[0], timeout=30) as resp, open(target, "wb") as out:
         shutil.copyfileobj(resp, out, 1 << 20)

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from plmkit.errors import PlmkitError
+
 DEFAULT_ENCODER = "minilm-l6"
 DEFAULT_CAUSAL_LM = "smollm2-135m"
 
@@ -22,7 +24,7 @@ ENCODER_TYPES = ("bert", "roberta", "xlm-roberta", "distilbert", "mpnet")
 CAUSAL_TYPES = ("llama", "gpt2")
 
 
-class BackboneError(ValueError):
+class BackboneError(PlmkitError):
     """A backbone that cannot be resolved or does not fit, with the fix in the message."""
 
 

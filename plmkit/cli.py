@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from plmkit import __version__
 from plmkit.cliargs import parse_with_config
+from plmkit.errors import ConfigError, PlmkitError
 from plmkit.report import format_table
 
 
@@ -22,19 +23,6 @@ def _families():
     from plmkit.mtl import cli as mtl_cli
 
     return (mtl_cli.register, compress_cli.register)
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Errors that are the user's to fix: printed as one clear line, never as a traceback."""
-    from plmkit.assets import AssetError
-    from plmkit.backbones import BackboneError
-    from plmkit.mtl.adapters import AdapterLoadError
-    from plmkit.mtl.sites import UnsupportedBackboneError
-    from plmkit.tasks import TaskError
-    from plmkit.trainer import NonFiniteLossError, TrainerConfigError
-
-    return (AssetError, BackboneError, AdapterLoadError, UnsupportedBackboneError, TaskError,
-            TrainerConfigError, NonFiniteLossError, ValueError, FileNotFoundError)
 
 
 # ------------------------------------------------------------------------------- assets
@@ -56,7 +44,7 @@ def cmd_assets_fetch(args: argparse.Namespace) -> int:
 
     names = sorted(REGISTRY) if args.all else args.names
     if not names:
-        raise ValueError("name at least one asset (see `plmkit assets list`) or pass --all")
+        raise ConfigError("name at least one asset (see `plmkit assets list`) or pass --all")
     for name in names:
         print(f"{name}: {fetch(name, force=args.force)}")
     return 0
@@ -128,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except _user_errors() as error:
+    except PlmkitError as error:
         if args.debug:
             traceback.print_exc()
         print(f"error: {error}", file=sys.stderr)

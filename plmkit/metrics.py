@@ -18,6 +18,8 @@ import numpy as np
 from scipy.stats import rankdata
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
+from plmkit.errors import ConfigError
+
 CLASSIFICATION_METRICS: tuple[str, ...] = ("accuracy", "f1_macro", "matthews_corr")
 REGRESSION_METRICS: tuple[str, ...] = ("pearson", "spearman", "pearson_spearman", "mse")
 PRIMARY_METRICS: dict[str, str] = {"classification": "accuracy", "regression": "pearson_spearman"}
@@ -48,11 +50,11 @@ def compute_metrics(predictions: Any, references: Any, *, is_regression: bool) -
 def _check_shapes(preds: np.ndarray, refs: np.ndarray) -> None:
     """Fail early with a readable message; sklearn's own errors do not say which side is wrong."""
     if preds.ndim != 1 or refs.ndim != 1:
-        raise ValueError(f"expected 1-D predictions and references, got shapes {preds.shape} and {refs.shape}")
+        raise ConfigError(f"expected 1-D predictions and references, got shapes {preds.shape} and {refs.shape}")
     if len(preds) != len(refs):
-        raise ValueError(f"{len(preds)} predictions but {len(refs)} references")
+        raise ConfigError(f"{len(preds)} predictions but {len(refs)} references")
     if len(refs) == 0:
-        raise ValueError("cannot compute metrics on an empty evaluation set")
+        raise ConfigError("cannot compute metrics on an empty evaluation set")
 
 
 def _classification_metrics(preds: np.ndarray, refs: np.ndarray) -> dict[str, float]:

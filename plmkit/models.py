@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from plmkit.errors import ConfigError
+
 
 @dataclass
 class HeadConfig:
@@ -22,9 +24,9 @@ class HeadConfig:
 
     def __post_init__(self) -> None:
         if self.pooling not in ("mean", "cls"):
-            raise ValueError(f"pooling must be 'mean' or 'cls', got {self.pooling!r}")
+            raise ConfigError(f"pooling must be 'mean' or 'cls', got {self.pooling!r}")
         if self.num_labels < 1 or self.hidden_size < 1:
-            raise ValueError("num_labels and hidden_size must be >= 1")
+            raise ConfigError("num_labels and hidden_size must be >= 1")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

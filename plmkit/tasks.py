@@ -23,6 +23,7 @@ import datasets
 import numpy as np
 import pandas as pd
 
+from plmkit.errors import PlmkitError
 from plmkit.metrics import default_metric
 
 SPLITS = ("train", "validation", "test")
@@ -40,7 +41,7 @@ _SPLIT_ALIASES = {"train": "train", "training": "train", "validation": "validati
 _CSV_NA = {"keep_default_na": False, "na_values": [""]}  # "NA" or "null" are texts; empty cells are missing
 
 
-class TaskError(ValueError):
+class TaskError(PlmkitError):
     """Bad task input; the message names the file or task, the problem and how to fix it."""
 
 

@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from plmkit import distributed as dist
+from plmkit.errors import ConfigError, PlmkitError
 from plmkit.io import atomic_write_json, save_tensors_atomic
 
 logger = logging.getLogger(__name__)
@@ -39,11 +40,11 @@ LossFn = Callable[[nn.Module, Any], "torch.Tensor | tuple[torch.Tensor, dict[str
 EvalFn = Callable[[nn.Module], dict[str, float]]
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(PlmkitError, RuntimeError):
     """Raised when the loss becomes NaN or infinite; the last good checkpoint is kept."""
 
 
-class TrainerConfigError(ValueError):
+class TrainerConfigError(ConfigError):
     """A trainer setting that cannot work, with the fix in the message."""
 
 
