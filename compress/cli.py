@@ -4,21 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from plmkit.cliargs import EPILOG, add_common, add_dataclass_arguments, build_dataclass, quiet_libraries
+from plmkit.jobs import run_job
 from plmkit.report import format_table
 
 TRAINING_DEFAULTS = {"output_dir": None, "epochs": 2, "batch_size": 32, "learning_rate": 1e-4,
                      "warmup_ratio": 0.1}
-
-
-def _is_main() -> bool:
-    from plmkit import distributed
-
-    return distributed.is_main_process()
+MODEL_ALIAS = {"backbone": ("--model",)}  # --backbone as in every other job; --model kept for earlier scripts
 
 
 def _accuracy_rows(metrics: dict[str, Any], names: list[tuple[str, str]], key: str) -> list[list[Any]]:
@@ -34,31 +29,13 @@ def cmd_compress_mpo(args: argparse.Namespace) -> int:
     from plmkit.compress.jobs import CompressSetup, compress_mpo
     from plmkit.compress.mpo_model import MPOConfig
 
-    quiet_libraries()
     if args.max_error is not None or args.max_bond is not None:
         args.budget = None  # another size rule was chosen; the default budget steps aside
     setup = build_dataclass(CompressSetup, args)
     config = build_dataclass(MPOConfig, args)
-    label = f"{Path(setup.model).name}-{Path(setup.task).name if setup.task else 'encoder'}"
-    return _run_job(args, "compress", label, lambda trainer, run: compress_mpo(setup, config, trainer, run),
-                    _print_mpo_summary)
-
-
-def _run_job(args: argparse.Namespace, kind: str, label: str, job: Callable[[Any, Any], dict[str, Any]],
-             summary: Callable[[dict[str, Any], Path], None]) -> int:
-    """Create the run folder, log into it, run ``job(trainer_config, run)``, print the summary once."""
-    from plmkit.runs import RunFolder
-    from plmkit.trainer import TrainerConfig
-
-    run = RunFolder.create(kind, args.output_dir, label=label)
-    run.start_log()
-    try:
-        metrics = job(build_dataclass(TrainerConfig, args, output_dir=str(run.path)), run)
-    finally:
-        run.stop_log()
-    if _is_main():
-        summary(metrics, run.path)
-    return 0
+    label = f"{Path(setup.backbone).name}-{Path(setup.task).name if setup.task else 'encoder'}"
+    return run_job(args, "compress", label, lambda trainer, run: compress_mpo(setup, config, trainer, run),
+                   _print_mpo_summary)
 
 
 def _print_mpo_summary(metrics: dict[str, Any], run_path: Path) -> None:
@@ -73,7 +50,7 @@ def _print_mpo_summary(metrics: dict[str, Any], run_path: Path) -> None:
     print(f"relative reconstruction error per layer: mean {sum(errors) / len(errors):.4f}, "
           f"max {worst['relative_error']:.4f} ({worst['name']})")
     if metrics.get("task"):
-        key = "accuracy" if "accuracy" in metrics["before"]["validation"] else next(iter(metrics["before"]["validation"]))
+        key = metrics["metric"]
         names = [("dense fine-tuned", "dense"), ("mpo before fine-tuning", "before"), ("mpo after fine-tuning", "after")]
         print("\n" + format_table(_accuracy_rows(metrics, names, key), ["model", f"validation {key}", f"test {key}"],
                                   title=f"task {metrics['task']}"))
@@ -91,12 +68,11 @@ def cmd_compress_deep(args: argparse.Namespace) -> int:
     from plmkit.compress.jobs import DeepSetup, deep_mpo
     from plmkit.compress.mpo_depth import DeepMPOConfig
 
-    quiet_libraries()
     setup = build_dataclass(DeepSetup, args)
     config = build_dataclass(DeepMPOConfig, args)
-    label = f"{Path(setup.model).name}-x{config.depth_multiplier}"
-    return _run_job(args, "compress-deep", label, lambda trainer, run: deep_mpo(setup, config, trainer, run),
-                    _print_deep_summary)
+    label = f"{Path(setup.backbone).name}-x{config.depth_multiplier}"
+    return run_job(args, "compress-deep", label, lambda trainer, run: deep_mpo(setup, config, trainer, run),
+                   _print_deep_summary)
 
 
 def _print_deep_summary(metrics: dict[str, Any], run_path: Path) -> None:
@@ -111,7 +87,7 @@ def _print_deep_summary(metrics: dict[str, Any], run_path: Path) -> None:
     print(f"sharing error (relative, mean/max): {report['sharing_error']['mean']:.3f}/{report['sharing_error']['max']:.3f};"
           f" at init the deep model's hidden states differ by {dev['vs_shallow_shared']:.4f} (relative) from the "
           f"shallow shared model and by {dev['vs_pretrained']:.4f} from the pretrained one")
-    key = "accuracy" if "accuracy" in metrics["deep"]["validation"] else next(iter(metrics["deep"]["validation"]))
+    key = metrics["metric"]
     rows = _accuracy_rows(metrics, [("shallow dense, fine-tuned", "shallow"), ("deep MPO, fine-tuned", "deep")], key)
     print("\n" + format_table(rows, ["model", f"validation {key}", f"test {key}"], title=f"task {metrics['task']}"))
     print(f"\nrun folder: {run_path}  (metrics.json, model/, run.log)")
@@ -142,7 +118,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "fine-tune it (all parameters with distillation by default; --trainable auxiliary for MPOP's "
                     "light fine-tuning), save the MPO model and its dense merge.")
     add_common(mpo)
-    add_dataclass_arguments(mpo, CompressSetup, title="model and task")
+    add_dataclass_arguments(mpo, CompressSetup, title="model and task", aliases=MODEL_ALIAS)
     add_dataclass_arguments(mpo, MPOConfig, title="MPO")
     add_dataclass_arguments(mpo, TrainerConfig, title="training", defaults=TRAINING_DEFAULTS)
     mpo.set_defaults(func=cmd_compress_mpo, _parser=mpo)
@@ -152,7 +128,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Build a depth_multiplier x L-layer encoder whose layers share MPO central tensors, "
                     "fine-tune it on --task and compare with the shallow dense model.")
     add_common(deep)
-    add_dataclass_arguments(deep, DeepSetup, title="model and task")
+    add_dataclass_arguments(deep, DeepSetup, title="model and task", aliases=MODEL_ALIAS)
     add_dataclass_arguments(deep, DeepMPOConfig, title="depth scaling")
     add_dataclass_arguments(deep, TrainerConfig, title="training", defaults=TRAINING_DEFAULTS)
     deep.set_defaults(func=cmd_compress_deep, _parser=deep)

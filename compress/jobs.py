@@ -28,11 +28,11 @@ from plmkit.compress.mpo_io import LoadedMPOModel, export_dense, save_mpo_model
 from plmkit.compress.mpo_linear import FACTORED_PENALTY
 from plmkit.compress.mpo_model import MPOConfig, attach_mpo, count_parameters, mpo_layers
 from plmkit.errors import ConfigError
+from plmkit.jobs import DataArgs, finetune_and_evaluate
 from plmkit.models import build_classifier
 from plmkit.report import plot_heatmap
 from plmkit.runs import RunFolder, environment
-from plmkit.tasks import load_task
-from plmkit.textclf import TaskData, classification_loss, train_classifier
+from plmkit.textclf import TaskData
 from plmkit.trainer import TrainerConfig, seed_everything
 
 logger = logging.getLogger("plmkit")
@@ -42,11 +42,11 @@ MAX_PREDICTED_SLOWDOWN = 20.0
 
 
 @dataclass
-class CompressSetup:
+class CompressSetup(DataArgs):
     """Which model and task, and how the compressed model is obtained and measured."""
 
-    model: str = DEFAULT_ENCODER
-    """A bundled asset name, a local model folder, or a hub id."""
+    backbone: str = DEFAULT_ENCODER
+    """A bundled asset name, a local model folder, or a hub id (--model is an alias)."""
     task: str | None = None
     """A built-in task or a data folder to fine-tune and evaluate on (none: compress only)."""
     compress_from: str = "finetuned"
@@ -62,16 +62,8 @@ class CompressSetup:
     """Softmax temperature of the distillation term."""
     distill_hidden: float = 0.0
     """Weight of matching the dense model's hidden states layer by layer (relative squared error; 0: off)."""
-    max_length: int = 128
-    """Tokens per example after truncation."""
     pooling: str = "cls"
     """Head pooling: 'cls' (merges into a standard *ForSequenceClassification) or 'mean'."""
-    max_train_samples: int | None = None
-    """Subsample the training split (seeded)."""
-    max_eval_samples: int | None = None
-    """Subsample validation and test splits (seeded)."""
-    data_seed: int = 0
-    """Seed of the task's splits and subsampling."""
     merge: bool = True
     """Also write the dense merge (a plain Hugging Face folder) next to the MPO model."""
     latency_batch: int = 32
@@ -80,6 +72,7 @@ class CompressSetup:
     """Tokens per sequence when timing the forward pass."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.compress_from not in COMPRESS_FROM:
             raise ConfigError(f"compress_from must be one of {COMPRESS_FROM}, got {self.compress_from!r}")
         if self.pooling not in ("cls", "mean"):
@@ -90,10 +83,8 @@ class CompressSetup:
             raise ConfigError(f"distill must be in [0, 1], got {self.distill}")
         if self.distill_hidden < 0:
             raise ConfigError(f"distill_hidden must be >= 0, got {self.distill_hidden}")
-
-    def load_task(self):
-        return load_task(self.task, seed=self.data_seed, max_train_samples=self.max_train_samples,
-                         max_eval_samples=self.max_eval_samples)
+        if self.latency_batch < 1 or self.latency_tokens < 1:
+            raise ConfigError("--latency-batch and --latency-tokens must be >= 1")
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -127,36 +118,27 @@ def _splits(data: TaskData, model: nn.Module) -> dict[str, dict[str, float]]:
     return {"validation": data.evaluate(model, "validation"), "test": data.evaluate(model, "test")}
 
 
-def finetune_classifier(model: nn.Module, data: TaskData, trainer: TrainerConfig, folder: str,
-                        loss_fn=None) -> dict[str, Any]:
-    """Train what requires grad through the one trainer, selecting on the task's validation metric.
-
-    ``loss_fn(model, batch)`` defaults to the task loss; returns the training record and the
-    validation and test metrics.
-    """
-    config = replace(trainer, output_dir=folder, metric=None)
-    result = train_classifier(model, data, config, loss=loss_fn or classification_loss)
-    model.float()
-    return {"train": result.to_dict(), **_splits(data, model)}
+finetune_classifier = finetune_and_evaluate  # the name scripts and earlier releases import
 
 
 # ------------------------------------------------------------------------------ mpo
 def _compressed_model(setup: CompressSetup, dense: nn.Module, num_labels: int | None) -> nn.Module:
     if setup.compress_from == "finetuned" or num_labels is None:
         return copy.deepcopy(dense)
-    return build_classifier(load_encoder(setup.model).model, num_labels, pooling=setup.pooling)
+    return build_classifier(load_encoder(setup.backbone).model, num_labels, pooling=setup.pooling)
 
 
 def compress_mpo(setup: CompressSetup, config: MPOConfig, trainer: TrainerConfig, run: RunFolder) -> dict[str, Any]:
     """Compress ``setup.model`` with ``config``; fine-tune and evaluate when a task is given."""
     started = time.perf_counter()
     seed_everything(trainer.seed)
-    task = setup.load_task() if setup.task else None
-    backbone = load_encoder(setup.model)
+    task = setup.load(setup.task) if setup.task else None
+    backbone = load_encoder(setup.backbone)
     run.write_json("config.json", {"job": "compress mpo", "setup": asdict(setup), "mpo": asdict(config),
                                    "trainer": asdict(trainer), "backbone": backbone.signature(),
                                    "task": task.describe() if task else None, "environment": environment()})
-    metrics: dict[str, Any] = {"model": backbone.name, "task": task.name if task else None}
+    metrics: dict[str, Any] = {"model": backbone.name, "task": task.name if task else None,
+                               "metric": task.metric if task else None}
     data = TaskData(task, backbone.tokenizer, setup.max_length) if task else None
     dense = _dense_reference(setup, backbone, data, trainer, run, metrics)
     model = _compressed_model(setup, dense, task.num_labels if task else None)
@@ -181,7 +163,7 @@ def _dense_reference(setup: CompressSetup, backbone, data: TaskData | None, trai
         return backbone.model
     dense = build_classifier(backbone.model, data.task.num_labels, pooling=setup.pooling)
     epochs = trainer.epochs if setup.dense_epochs is None else setup.dense_epochs
-    metrics["dense"] = (finetune_classifier(dense, data, replace(trainer, epochs=epochs), str(run.path / "dense"))
+    metrics["dense"] = (finetune_and_evaluate(dense, data, replace(trainer, epochs=epochs), run.path / "dense")
                         if epochs else _splits(data, dense))
     return dense
 
@@ -204,8 +186,8 @@ def _tune_compressed(setup: CompressSetup, config: MPOConfig, trainer: TrainerCo
     teacher = (setup.distill or setup.distill_hidden) and "train" in metrics["dense"]  # only a tuned model teaches
     loss_fn = (distillation_loss(dense, setup.distill, setup.distill_temperature, setup.distill_hidden)
                if teacher else None)
-    metrics["after"] = finetune_classifier(model, data, replace(trainer, learning_rate=lr), str(run.path / "mpo"),
-                                           loss_fn)
+    metrics["after"] = finetune_and_evaluate(model, data, replace(trainer, learning_rate=lr), run.path / "mpo",
+                                             loss=loss_fn)
 
 
 def _latencies(dense: nn.Module, model: nn.Module, tokenizer: Any, setup: CompressSetup) -> dict[str, Any]:
@@ -266,29 +248,22 @@ def _save(run: RunFolder, model: nn.Module, backbone, task, setup, config, metri
 
 # ------------------------------------------------------------------------------ mpo-deep
 @dataclass
-class DeepSetup:
+class DeepSetup(DataArgs):
     """Which model and task the deep MPO encoder is grown from and evaluated on."""
 
-    model: str = DEFAULT_ENCODER
-    """A bundled asset name, a local model folder, or a hub id."""
+    backbone: str = DEFAULT_ENCODER
+    """A bundled asset name, a local model folder, or a hub id (--model is an alias)."""
     task: str = "rotten-tomatoes"
     """A built-in task or a data folder to fine-tune and evaluate on."""
     baseline: bool = True
     """Also fine-tune the shallow dense model the same way, for comparison."""
-    max_length: int = 128
-    """Tokens per example after truncation."""
     pooling: str = "cls"
     """Head pooling: 'cls' or 'mean'."""
-    max_train_samples: int | None = None
-    """Subsample the training split (seeded)."""
-    max_eval_samples: int | None = None
-    """Subsample validation and test splits (seeded)."""
-    data_seed: int = 0
-    """Seed of the task's splits and subsampling."""
 
-    def load_task(self):
-        return load_task(self.task, seed=self.data_seed, max_train_samples=self.max_train_samples,
-                         max_eval_samples=self.max_eval_samples)
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.pooling not in ("cls", "mean"):
+            raise ConfigError(f"pooling must be 'cls' or 'mean', got {self.pooling!r}")
 
 
 def _init_deviation(backbone, data: TaskData, deep: nn.Module, config: DeepMPOConfig) -> dict[str, float]:
@@ -305,24 +280,25 @@ def deep_mpo(setup: DeepSetup, config: DeepMPOConfig, trainer: TrainerConfig, ru
     """Grow a deep MPO encoder from ``setup.model``, fine-tune it on ``setup.task`` and compare."""
     started = time.perf_counter()
     seed_everything(trainer.seed)
-    task = setup.load_task()
-    backbone = load_encoder(setup.model)
+    task = setup.load(setup.task)
+    backbone = load_encoder(setup.backbone)
     run.write_json("config.json", {"job": "compress mpo-deep", "setup": asdict(setup), "deep": asdict(config),
                                    "trainer": asdict(trainer), "backbone": backbone.signature(),
                                    "task": task.describe(), "environment": environment()})
     data = TaskData(task, backbone.tokenizer, setup.max_length)
     deep = build_deep_mpo(backbone.model, config)
-    metrics: dict[str, Any] = {"model": backbone.name, "task": task.name, "report": deep.report,
+    metrics: dict[str, Any] = {"model": backbone.name, "task": task.name, "metric": task.metric,
+                               "report": deep.report,
                                "init_deviation": _init_deviation(backbone, data, deep.model, config)}
     logger.info("deep model: %d -> %d layers, %d -> %d parameters; init deviation %s",
                 deep.report["pretrained_layers"], deep.report["deep_layers"],
                 deep.report["shallow_parameters"]["total"], deep.report["deep_parameters"]["total"],
                 metrics["init_deviation"])
     classifier = build_classifier(deep.model, task.num_labels, pooling=setup.pooling)
-    metrics["deep"] = finetune_classifier(classifier, data, trainer, str(run.path / "deep"))
+    metrics["deep"] = finetune_and_evaluate(classifier, data, trainer, run.path / "deep")
     if setup.baseline:
         shallow = build_classifier(backbone.model, task.num_labels, pooling=setup.pooling)
-        metrics["shallow"] = finetune_classifier(shallow, data, trainer, str(run.path / "shallow"))
+        metrics["shallow"] = finetune_and_evaluate(shallow, data, trainer, run.path / "shallow")
     batch = latency_batch(backbone.tokenizer, 32, 64)
     metrics["latency_ms"] = {"shallow": forward_latency_ms(backbone.model, batch),
                              "deep": forward_latency_ms(deep.model, batch)}

@@ -5,27 +5,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from plmkit.cliargs import EPILOG, add_common, add_dataclass_arguments, build_dataclass, quiet_libraries
+from plmkit.cliargs import EPILOG, add_common, add_dataclass_arguments, build_dataclass
+from plmkit.jobs import run_job
 from plmkit.report import format_table
 
 
 def cmd_adapters_train(args: argparse.Namespace) -> int:
     from plmkit.mtl.adapters import AdapterConfig
     from plmkit.mtl.stage1 import TaskSetup, train_adapter
-    from plmkit.runs import RunFolder
-    from plmkit.trainer import TrainerConfig
 
-    quiet_libraries()
-    setup = build_dataclass(TaskSetup, args)
-    run = RunFolder.create("adapters", args.output_dir, label=Path(setup.task).name)
-    run.start_log()
-    try:
-        trainer = build_dataclass(TrainerConfig, args, output_dir=str(run.path))
-        metrics = train_adapter(setup, build_dataclass(AdapterConfig, args), trainer, run)
-    finally:
-        run.stop_log()
-    _print_adapter_summary(metrics, run.path)
-    return 0
+    setup, adapter = build_dataclass(TaskSetup, args), build_dataclass(AdapterConfig, args)
+    return run_job(args, "adapters", Path(setup.task).name,
+                   lambda trainer, run: train_adapter(setup, adapter, trainer, run), _print_adapter_summary)
 
 
 def _print_adapter_summary(metrics: dict, run_path: Path) -> None:
@@ -70,21 +61,11 @@ def register_adapters(sub: argparse._SubParsersAction) -> None:
 # ------------------------------------------------------------------------------ transfer
 def cmd_transfer(args: argparse.Namespace) -> int:
     from plmkit.mtl.pipeline import TransferSetup, run_transfer
-    from plmkit.runs import RunFolder
-    from plmkit.trainer import TrainerConfig
 
-    quiet_libraries()
     setup = build_dataclass(TransferSetup, args)
     setup.methods()  # fail on an unknown method before any work
-    run = RunFolder.create("transfer", args.output_dir, label=Path(setup.target).name)
-    run.start_log()
-    try:
-        trainer = build_dataclass(TrainerConfig, args, output_dir=str(run.path))
-        metrics = run_transfer(setup, trainer, run)
-    finally:
-        run.stop_log()
-    _print_transfer_summary(metrics, run.path)
-    return 0
+    return run_job(args, "transfer", Path(setup.target).name,
+                   lambda trainer, run: run_transfer(setup, trainer, run), _print_transfer_summary)
 
 
 def _print_transfer_summary(metrics: dict, run_path: Path) -> None:

@@ -46,8 +46,11 @@ def _base_type(annotation: Any) -> Any:
 
 
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, exclude: tuple[str, ...] = (),
-                            defaults: dict[str, Any] | None = None, title: str | None = None) -> None:
+                            defaults: dict[str, Any] | None = None, title: str | None = None,
+                            aliases: dict[str, tuple[str, ...]] | None = None) -> None:
+    """One flag per field of ``cls``; ``aliases`` maps a field to extra flag spellings (kept old names)."""
     group = parser.add_argument_group(title or cls.__name__)
+    aliases = aliases or {}
     hints = typing.get_type_hints(cls)
     docs = field_docs(cls)
     defaults = defaults or {}
@@ -61,6 +64,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, exclude:
         flags = [f"--{field.name.replace('_', '-')}"]
         if "_" in field.name and kind is not bool:
             flags.append(f"--{field.name}")  # the spelling transformers' flags use
+        flags.extend(aliases.get(field.name, ()))
         # argparse %-formats help strings: a literal "50 %" in a docstring must not break --help
         help_text = f"{docs.get(field.name, '')} (default: {default})".strip().replace("%", "%%")
         if kind is bool:
@@ -115,8 +119,10 @@ EPILOG = "Run folders hold config.json, metrics.json, weights, plots and run.log
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:
-    """Options every job has: ``--config`` and the launcher's ``--local_rank``."""
+    """Options every job has: ``--config``, ``--overwrite`` and the launcher's ``--local_rank``."""
     parser.add_argument("--config", help="YAML or JSON file of option values; flags override it")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="empty a non-empty --output-dir and start a new run in it (default: refuse)")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
 
 

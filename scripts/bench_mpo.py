@@ -269,7 +269,7 @@ def bench_deep(args) -> list[dict]:
 
     rows = []
     for groups in (int(g) for g in args.deep_groups.split(",")):
-        setup = DeepSetup(model=args.model, task=args.deep_task, baseline=False, max_length=args.max_length,
+        setup = DeepSetup(backbone=args.model, task=args.deep_task, baseline=False, max_length=args.max_length,
                           max_train_samples=args.train_samples, max_eval_samples=args.eval_samples)
         config = DeepMPOConfig(depth_multiplier=args.depth_multiplier, num_groups=groups)
         run = RunFolder(Path(args.output_dir) / f"deep-g{groups}")
