@@ -12,7 +12,6 @@ layer index, so stage-2 methods can load several sources onto one backbone.
 from __future__ import annotations
 
 import logging
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,15 +20,14 @@ import torch
 from torch import nn
 
 from plmkit.backbones import backbone_signature
-from plmkit.errors import ConfigError, PlmkitError
-from plmkit.mtl.saving import (
-    ModuleFolderError,
-    head_state,
-    read_module_config,
-    read_module_folder,
-    write_module_folder,
-)
-from plmkit.mtl.sites import find_feed_forward_sites, install_block, remove_block
+from plmkit.errors import ConfigError
+from plmkit.handles import Handle
+from plmkit.saving import ModuleFolderError, check_backbone, read_module_config, read_module_folder
+
+try:
+    from plmkit.sites import find_feed_forward_sites, install_block
+except ImportError:  # the site table still lives in this package
+    from plmkit.mtl.sites import find_feed_forward_sites, install_block
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +35,10 @@ FORMAT = "plmkit-adapter"
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
 
 
-class AdapterLoadError(PlmkitError):
-    """A saved adapter that does not fit the backbone, or a folder that is not an adapter."""
+AdapterLoadError = ModuleFolderError
+"""A saved adapter that does not fit the backbone, or a folder that is not an adapter (kept name)."""
+
+KIND = "adapter"
 
 
 @dataclass
@@ -82,38 +82,23 @@ class BottleneckAdapter(nn.Module):
         return self.delta(adapter_input) + residual
 
 
-class AdapterHandle:
+class AdapterHandle(Handle):
     """What ``attach_adapters`` added: list, save, load and detach the adapters."""
+
+    format = FORMAT
+    prefix = "adapter"
 
     def __init__(self, model: nn.Module, config: AdapterConfig, sites: list, adapters: list[BottleneckAdapter],
                  frozen: list[nn.Parameter]) -> None:
-        self.model = model
+        super().__init__(model, sites, adapters, frozen)
         self.config = config
-        self.sites = sites
-        self.adapters = nn.ModuleList(adapters)
-        self._frozen = frozen
 
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return list(self.adapters.parameters())
+    @property
+    def adapters(self) -> nn.ModuleList:
+        return self.blocks
 
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.adapters.parameters())
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """Adapter tensors keyed ``layers.<i>.<down|up>.<weight|bias>``, independent of module paths."""
-        return {f"layers.{k}": v for k, v in self.adapters.state_dict().items()}
-
-    def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
-        inner = {k.removeprefix("layers."): v for k, v in tensors.items()}
-        self.adapters.load_state_dict(inner, strict=True)
-
-    def detach(self) -> None:
-        """Remove the adapters and unfreeze what ``attach_adapters`` froze."""
-        for site in self.sites:
-            remove_block(site)
-        for param in self._frozen:
-            param.requires_grad_(True)
-        self.sites = []
+    def meta(self) -> dict[str, Any]:
+        return {"kind": KIND, "adapter": asdict(self.config)}
 
 
 def attach_adapters(model: nn.Module, config: AdapterConfig | None = None, freeze: bool = True) -> AdapterHandle:
@@ -138,40 +123,25 @@ def attach_adapters(model: nn.Module, config: AdapterConfig | None = None, freez
 def save_adapter(path: str | Path, handle: AdapterHandle, head: nn.Module | None = None,
                  backbone_name: str = "", extra: dict[str, Any] | None = None) -> Path:
     """Write ``config.json`` + ``weights.safetensors`` (adapters and head only) atomically."""
-    head_tensors, head_config = head_state(head)
-    meta = {"adapter": asdict(handle.config), "backbone": backbone_signature(handle.model, backbone_name),
-            "head": head_config, **(extra or {})}
-    return write_module_folder(path, FORMAT, {"adapter": handle.state_dict(), "head": head_tensors}, meta)
+    return handle.save(path, head=head, backbone_name=backbone_name, extra=extra)
 
 
 def read_adapter_config(path: str | Path) -> dict[str, Any]:
+    return read_module_config(path, FORMAT, "adapter")
+
+
+def adapter_config_from_meta(meta: dict[str, Any], source: str) -> AdapterConfig:
+    """The ``AdapterConfig`` a saved adapter records; a damaged record names the folder."""
     try:
-        return read_module_config(path, FORMAT, "adapter")
-    except ModuleFolderError as error:
-        raise AdapterLoadError(str(error)) from error
-
-
-def check_backbone(meta: dict[str, Any], model: nn.Module, source: str, backbone_name: str = "") -> None:
-    """Refuse a module trained on another architecture; warn when only the name differs."""
-    saved, current = meta["backbone"], backbone_signature(model, backbone_name)
-    diffs = [f"{key}: saved {saved[key]!r}, this backbone {current[key]!r}"
-             for key in ("model_type", "hidden_size", "num_layers") if saved[key] != current[key]]
-    if diffs:
-        raise AdapterLoadError(
-            f"{source} was trained on backbone {saved.get('name') or '?'} and does not fit this one ("
-            + "; ".join(diffs) + "). Load it onto the backbone it was trained with, or retrain it."
-        )
-    if saved.get("name") and backbone_name and saved["name"] != backbone_name:
-        warnings.warn(f"{source} was trained on {saved['name']!r}; loading onto {backbone_name!r} of the same shape",
-                      stacklevel=2)
+        return AdapterConfig(**meta["adapter"])
+    except (KeyError, TypeError, ConfigError) as error:
+        raise AdapterLoadError(f"{source}: config.json has no usable adapter config ({error}); "
+                               "delete the folder and train the adapter again") from error
 
 
 def load_adapter_weights(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """(config, adapter tensors, head tensors) of a saved adapter, without touching a model."""
-    try:
-        meta, groups = read_module_folder(path, FORMAT, "adapter")
-    except ModuleFolderError as error:
-        raise AdapterLoadError(str(error)) from error
+    meta, groups = read_module_folder(path, FORMAT, "adapter")
     return meta, groups.get("adapter", {}), groups.get("head", {})
 
 
@@ -180,7 +150,10 @@ def load_adapter(path: str | Path, model: nn.Module, backbone_name: str = "",
     """Attach a saved adapter to ``model``; returns (handle, config, head tensors)."""
     meta, adapter_tensors, head_tensors = load_adapter_weights(path)
     check_backbone(meta, model, str(path), backbone_name)
-    handle = attach_adapters(model, AdapterConfig(**meta["adapter"]), freeze=freeze)
-    reference = next(handle.adapters.parameters())
-    handle.load_state_dict({k: v.to(reference.dtype) for k, v in adapter_tensors.items()})
+    handle = attach_adapters(model, adapter_config_from_meta(meta, str(path)), freeze=freeze)
+    try:
+        handle.load_state_dict(adapter_tensors, source=f"adapter {path}")
+    except AdapterLoadError:
+        handle.detach()
+        raise
     return handle, meta, head_tensors

@@ -103,6 +103,12 @@ class FusionBlock(nn.Module):
             self.recorded_probs += probs.detach().float().sum((0, 1))
             self.recorded_tokens += probs.shape[0] * probs.shape[1]
 
+    def start_recording(self) -> None:
+        """Zero the accumulated attention and record it in the following forwards."""
+        self.recorded_probs.zero_()
+        self.recorded_tokens.zero_()
+        self.recording = True
+
     def regularization(self) -> torch.Tensor | None:
         """This step's ‖I − W_v‖²_F (computed inside forward, where ZeRO-3 has the weight)."""
         term, self.regularization_term = self.regularization_term, None

@@ -17,14 +17,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from plmkit.backbones import backbone_signature
 from plmkit.errors import ConfigError
+from plmkit.handles import Handle
 from plmkit.mtl.adapters import AdapterLoadError, check_backbone, load_adapter_weights
 from plmkit.mtl.fusion import FusionBlock, FusionConfig
-from plmkit.mtl.saving import ModuleFolderError, head_state, read_module_folder, write_module_folder
 from plmkit.mtl.scalearn import VARIANTS, ScaLearnConfig, ScaleBlock, init_scales
-from plmkit.mtl.sites import find_feed_forward_sites, install_block, remove_block
+from plmkit.mtl.sites import find_feed_forward_sites, install_block
 from plmkit.mtl.sources import SourceAdapters
+from plmkit.saving import read_module_folder
 
 FORMAT = "plmkit-transfer"
 METHODS = ("fusion", *VARIANTS)
@@ -76,41 +76,19 @@ class Composition:
         )
 
 
-class TransferHandle:
+class TransferHandle(Handle):
     """What ``attach_transfer`` added to a backbone."""
+
+    format = FORMAT
+    prefix = "transfer"
 
     def __init__(self, model: nn.Module, composition: Composition, sites: list, blocks: list[nn.Module],
                  frozen: list[nn.Parameter]) -> None:
-        self.model = model
+        super().__init__(model, sites, blocks, frozen)
         self.composition = composition
-        self.sites = sites
-        self.blocks = nn.ModuleList(blocks)
-        self._frozen = frozen
 
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return list(self.blocks.parameters())  # de-duplicated: shared ++ scales appear once
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.trainable_parameters())
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """Transfer weights by layer; shared ++ scales are stored once, as ``shared.scales``."""
-        if self.composition.method in ("scalearn++", "scalearn-uniform++"):
-            return {"shared.scales": self.blocks[0].scales.detach()}
-        state = {}
-        for index, block in enumerate(self.blocks):
-            for name, tensor in block.state_dict().items():
-                state[f"layers.{index}.{name}"] = tensor.detach()
-        return state
-
-    def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
-        if "shared.scales" in tensors:
-            with torch.no_grad():
-                self.blocks[0].scales.copy_(tensors["shared.scales"])
-            return
-        for index, block in enumerate(self.blocks):
-            prefix = f"layers.{index}."
-            block.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+    def meta(self) -> dict[str, Any]:
+        return {"composition": self.composition.to_dict()}
 
     def regularization(self) -> torch.Tensor | None:
         """Sum of the regularisers the blocks computed in this step's forward (None if none)."""
@@ -123,24 +101,15 @@ class TransferHandle:
 
     @contextlib.contextmanager
     def recording(self) -> Iterator[None]:
-        """Accumulate fusion attention over the forward passes inside the block."""
-        fusion_blocks = [b for b in self.blocks if isinstance(b, FusionBlock)]
-        for block in fusion_blocks:
-            block.recorded_probs.zero_()
-            block.recorded_tokens.zero_()
-            block.recording = True
+        """Accumulate per-source weights over the forward passes inside the block (blocks that record)."""
+        recorders = [b for b in self.blocks if hasattr(b, "start_recording")]
+        for block in recorders:
+            block.start_recording()
         try:
             yield
         finally:
-            for block in fusion_blocks:
+            for block in recorders:
                 block.recording = False
-
-    def detach(self) -> None:
-        for site in self.sites:
-            remove_block(site)
-        for param in self._frozen:
-            param.requires_grad_(True)
-        self.sites = []
 
 
 def _load_sources(composition: Composition, model: nn.Module, backbone_name: str) -> tuple[dict, list[dict]]:
@@ -199,20 +168,18 @@ def attach_transfer(model: nn.Module, composition: Composition, backbone_name: s
 def save_transfer(path: str | Path, handle: TransferHandle, head: nn.Module | None = None,
                   backbone_name: str = "", extra: dict[str, Any] | None = None) -> Path:
     """``config.json`` (composition + backbone + head) and ``weights.safetensors`` (transfer + head)."""
-    head_tensors, head_config = head_state(head)
-    meta = {"composition": handle.composition.to_dict(), "head": head_config,
-            "backbone": backbone_signature(handle.model, backbone_name), **(extra or {})}
-    return write_module_folder(path, FORMAT, {"transfer": handle.state_dict(), "head": head_tensors}, meta)
+    return handle.save(path, head=head, backbone_name=backbone_name, extra=extra)
 
 
 def load_transfer(path: str | Path, model: nn.Module, backbone_name: str = ""
                   ) -> tuple[TransferHandle, dict[str, Any], dict[str, torch.Tensor]]:
     """Rebuild a saved stage-2 setup on ``model``; returns (handle, config, head tensors)."""
-    try:
-        meta, groups = read_module_folder(path, FORMAT, "transfer setup")
-    except ModuleFolderError as error:
-        raise AdapterLoadError(str(error)) from error
+    meta, groups = read_module_folder(path, FORMAT, "transfer setup")
     check_backbone(meta, model, str(path), backbone_name)
     handle = attach_transfer(model, Composition.from_dict(meta["composition"]), backbone_name)
-    handle.load_state_dict(groups.get("transfer", {}))
+    try:
+        handle.load_state_dict(groups.get("transfer", {}), source=f"transfer setup {path}")
+    except AdapterLoadError:
+        handle.detach()
+        raise
     return handle, meta, groups.get("head", {})
