@@ -24,7 +24,7 @@ test: install
 	$(BIN)/python -m pytest $(TEST_ARGS)
 
 lint: install
-	$(BIN)/ruff check plmkit mtl tests scripts
+	$(BIN)/ruff check plmkit mtl compress tests scripts
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
