@@ -58,8 +58,9 @@ def cmd_assets_verify(args: argparse.Namespace) -> int:
         print("no asset is cached yet; `plmkit assets fetch NAME` fetches one")
         return 0
     reports = [verify(name) for name in names]
-    rows = [[r["name"], "ok" if r["ok"] else "FAILED", "; ".join(r.get("problems", [])) or "-"] for r in reports]
-    print(format_table(rows, ["asset", "status", "problems"]))
+    rows = [[r["name"], "ok" if r["ok"] else "FAILED", "; ".join(r.get("problems", [])) or "-",
+             r.get("repair") or "-"] for r in reports]
+    print(format_table(rows, ["asset", "status", "problems", "fix"]))
     return 0 if all(r["ok"] for r in reports) else 1
 
 
