@@ -13,10 +13,18 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from plmkit.metrics import compute_metrics, greater_is_better
+from plmkit.errors import ConfigError
+from plmkit.evaluation import TaskEvaluator
+from plmkit.losses import classification_loss, loss_from_logits, total_and_terms
+from plmkit.metrics import compute_metrics
 from plmkit.trainer import Trainer, TrainerConfig, TrainResult, move_to_device
+
+__all__ = ["PadCollator", "TaskData", "classification_loss", "encode_split", "evaluate", "loss_from_logits",
+           "position_limit", "predict", "train_classifier"]
+
+# Tokenizers without a known limit report a huge sentinel (int(1e30)) as their model_max_length.
+_NO_LIMIT = 1_000_000
 
 
 def encode_split(dataset: Any, text_fields: Sequence[str], label_field: str, tokenizer: Any,
@@ -50,19 +58,6 @@ class PadCollator:
         return batch
 
 
-def classification_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Cross-entropy, or mean squared error when the model has one output (regression)."""
-    return loss_from_logits(model(**batch), batch["labels"])
-
-
-def loss_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The task loss on computed outputs (for losses that also need the logits for something else)."""
-    logits = logits.float()
-    if logits.shape[-1] == 1:
-        return F.mse_loss(logits.squeeze(-1), labels.float())
-    return F.cross_entropy(logits, labels)
-
-
 @torch.no_grad()
 def predict(model: nn.Module, features: list[dict[str, Any]], collator: PadCollator,
             batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
@@ -86,10 +81,38 @@ def evaluate(model: nn.Module, features: list[dict[str, Any]], collator: PadColl
     return compute_metrics(predictions, labels, is_regression=is_regression)
 
 
-class TaskData:
-    """A task's splits tokenised for one tokenizer, ready for the trainer."""
+def position_limit(tokenizer: Any, model_config: Any = None) -> int | None:
+    """The longest input (in tokens) the tokenizer and, when given, the model's positions allow."""
+    limits = []
+    tokenizer_limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tokenizer_limit, int) and 0 < tokenizer_limit < _NO_LIMIT:
+        limits.append(tokenizer_limit)
+    positions = getattr(model_config, "max_position_embeddings", None)
+    if isinstance(positions, int) and positions > 0:
+        # RoBERTa-style position ids start after the padding index: padding_idx + 1 slots are unusable.
+        offset = (model_config.pad_token_id or 0) + 1 if "roberta" in str(model_config.model_type) else 0
+        limits.append(positions - offset)
+    return min(limits) if limits else None
 
-    def __init__(self, task: Any, tokenizer: Any, max_length: int = 128) -> None:
+
+def check_max_length(max_length: Any, limit: int | None) -> None:
+    """Refuse a ``--max-length`` that would disable truncation (<= 0) or overflow the positions."""
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+        raise ConfigError(f"--max-length must be a whole number >= 1, got {max_length!r}")
+    if limit is not None and max_length > limit:
+        raise ConfigError(f"--max-length {max_length} is above this model's position limit of {limit} tokens; "
+                          f"use --max-length {limit} or less")
+
+
+class TaskData:
+    """A task's splits tokenised for one tokenizer, ready for the trainer.
+
+    ``max_length`` must be >= 1 and within :func:`position_limit` of the tokenizer (and of
+    ``model_config`` when given), else a ``ConfigError`` names ``--max-length`` and the limit.
+    """
+
+    def __init__(self, task: Any, tokenizer: Any, max_length: int = 128, model_config: Any = None) -> None:
+        check_max_length(max_length, position_limit(tokenizer, model_config))
         self.task = task
         self.collator = PadCollator(tokenizer.pad_token_id or 0)
         args = (task.text_fields, task.label_field, tokenizer, max_length, task.is_regression)
@@ -100,27 +123,31 @@ class TaskData:
     def evaluate(self, model: nn.Module, split: str = "validation", batch_size: int = 64) -> dict[str, float]:
         return evaluate(model, getattr(self, split), self.collator, self.task.is_regression, batch_size)
 
+    def evaluator(self, split: str = "validation", batch_size: int = 64) -> TaskEvaluator:
+        """This split as an evaluator whose primary metric is the task's."""
+        return TaskEvaluator(self, split, batch_size)
+
 
 def train_classifier(model: nn.Module, data: TaskData, config: TrainerConfig,
                      regularizer: Callable[[], torch.Tensor | None] | None = None,
-                     loss: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor] = classification_loss,
+                     loss: Callable[[nn.Module, dict[str, torch.Tensor]], Any] = classification_loss,
                      ) -> TrainResult:
     """Train whatever in ``model`` requires grad on the task, selecting on its validation metric.
 
-    ``loss(model, batch)`` defaults to the task loss (e.g. a distillation loss replaces it);
-    ``regularizer()`` is called after each forward and its value (if any) added to that step's loss.
+    ``loss(model, batch)`` defaults to the task loss (e.g. a distillation loss replaces it) and may
+    return named terms (see :mod:`plmkit.losses`); ``regularizer()`` is called after each forward and
+    its value (if any) is added to that step's total and logged as ``regularizer``. Selection uses
+    ``config.metric`` when set, else the task's primary metric; ``config`` itself is never modified.
     """
-    if config.metric is None:
-        config.metric = data.task.metric
-        config.greater_is_better = greater_is_better(config.metric)
 
-    def loss_fn(m: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        value = loss(m, batch)
+    def loss_fn(m: nn.Module, batch: dict[str, torch.Tensor]) -> Any:
+        total, terms = total_and_terms(loss(m, batch))
         extra = regularizer() if regularizer is not None else None
-        return value if extra is None else value + extra
+        if extra is None:
+            return terms if len(terms) > 1 else total
+        named = terms if len(terms) > 1 else {"task": total}
+        return {**named, "loss": total + extra, "regularizer": extra}
 
-    trainer = Trainer(
-        model, loss_fn, data.train, config, collate_fn=data.collator,
-        evaluate_fn=lambda m: data.evaluate(m, "validation", batch_size=max(64, config.batch_size)),
-    )
+    evaluator = data.evaluator("validation", batch_size=max(64, config.batch_size))
+    trainer = Trainer(model, loss_fn, data.train, config, collate_fn=data.collator, evaluate_fn=evaluator)
     return trainer.train()

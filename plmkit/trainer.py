@@ -7,6 +7,15 @@ with no subclassing, while DeepSpeed owns what is hard: ZeRO stages 0-3, bf16/fp
 accumulation and clipping, and checkpoints that restore exactly. What is left here is the loop:
 rank-aware sampling, evaluation, early stopping, atomic checkpoints, exact resume and progress.
 
+Losses follow :mod:`plmkit.losses` (a tensor, or named terms whose ``"loss"`` is the total; every term
+is logged as a running mean); evaluators follow :mod:`plmkit.evaluation` (the best checkpoint is
+selected on ``metric``, else on the evaluator's declared primary metric).
+
+Checkpoints are read back without executing anything (:mod:`plmkit.checkpoints`): RNG states in JSON,
+DeepSpeed's files through the weights-only unpickler. A checkpoint counts as good only when its
+trainable weights are finite (with a finite float32 norm) and a finite loss was computed from them;
+a NaN stop names the last good one, points ``latest.json`` at it and removes those after it.
+
 Launch: one process on CPU (gloo) or one GPU needs no launcher; ``deepspeed --num_gpus N`` or
 ``torchrun --nproc_per_node N`` run the same code data-parallel.
 """
@@ -30,18 +39,45 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from plmkit import checkpoints as ckpt
 from plmkit import distributed as dist
 from plmkit.errors import ConfigError, PlmkitError
+from plmkit.evaluation import selection
 from plmkit.io import atomic_write_json, save_tensors_atomic
+from plmkit.losses import total_and_terms
 
 logger = logging.getLogger(__name__)
 
-LossFn = Callable[[nn.Module, Any], "torch.Tensor | tuple[torch.Tensor, dict[str, float]]"]
+LossFn = Callable[[nn.Module, Any], "torch.Tensor | dict[str, torch.Tensor] | tuple[torch.Tensor, dict]"]
 EvalFn = Callable[[nn.Module], dict[str, float]]
+
+MAX_LEARNING_RATE = 10.0
+"""Adam-type steps move each weight by about the learning rate; above 10 a run only diverges (and 1e38
+overflows inside Adam), so larger values are refused at the door."""
+
+# field -> (lowest, highest, lowest allowed itself, None allowed); all must be finite numbers.
+_NUMERIC_RANGES: dict[str, tuple[float, float, bool, bool]] = {
+    "learning_rate": (0.0, MAX_LEARNING_RATE, False, False),
+    "weight_decay": (0.0, 10.0, True, False),
+    "warmup_ratio": (0.0, 1.0, True, False),
+    "max_grad_norm": (0.0, 1e6, True, False),
+    "epochs": (1, 1e6, True, False),
+    "max_steps": (1, 1e12, True, True),
+    "batch_size": (1, 1e7, True, False),
+    "grad_accum_steps": (1, 1e6, True, False),
+    "eval_every_steps": (1, 1e12, True, True),
+    "early_stopping_patience": (1, 1e9, True, True),
+    "keep_checkpoints": (1, 1e6, True, False),
+    "log_every_steps": (1, 1e12, True, False),
+    "num_workers": (0, 1024, True, False),
+    "seed": (0, 2**63 - 1, True, False),
+}
+_INTEGER_FIELDS = ("epochs", "max_steps", "batch_size", "grad_accum_steps", "eval_every_steps",
+                   "early_stopping_patience", "keep_checkpoints", "log_every_steps", "num_workers", "seed")
 
 
 class NonFiniteLossError(PlmkitError, RuntimeError):
-    """Raised when the loss becomes NaN or infinite; the last good checkpoint is kept."""
+    """Raised when the loss (or the weights) become NaN or infinite; the last good checkpoint is kept."""
 
 
 class TrainerConfigError(ConfigError):
@@ -63,6 +99,7 @@ class TrainerConfig:
     grad_accum_steps: int = 1
     """Micro-batches accumulated before each optimiser step."""
     learning_rate: float = 3e-4
+    """Peak AdamW learning rate, in (0, 10]."""
     weight_decay: float = 0.0
     """AdamW weight decay; never applied to biases and norm weights."""
     warmup_ratio: float = 0.0
@@ -96,8 +133,12 @@ class TrainerConfig:
     """DataLoader worker processes."""
     cpu_shm_comm: bool = False
     """Use DeepSpeed's shared-memory all-reduce on CPU (needs a one-off C++ compile)."""
+    compile: bool = False
+    """Compile the model with torch.compile before training (first steps are slower while it compiles)."""
 
     def __post_init__(self) -> None:
+        for name in _NUMERIC_RANGES:
+            _check_number(name, getattr(self, name))
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise TrainerConfigError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
         if self.zero_stage not in (0, 1, 2, 3):
@@ -108,9 +149,25 @@ class TrainerConfig:
         if self.max_steps is not None and self.max_steps < 1:
             raise TrainerConfigError(f"max_steps must be >= 1 or None, got {self.max_steps}")
         if not 0.0 <= self.warmup_ratio < 1.0:
-            raise TrainerConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+            raise TrainerConfigError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.max_grad_norm < 0:
             raise TrainerConfigError("max_grad_norm must be >= 0 (0 disables clipping)")
+
+
+def _check_number(name: str, value: Any) -> None:
+    """One ``ConfigError`` line naming the flag when a numeric setting is not a sane finite number."""
+    low, high, low_ok, none_ok = _NUMERIC_RANGES[name]
+    flag = "--" + name.replace("_", "-")
+    if value is None and none_ok:
+        return
+    integer = name in _INTEGER_FIELDS
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value):
+        what = "a whole number" if integer else "a finite number"
+        raise TrainerConfigError(f"{flag} must be {what}{' or None' if none_ok else ''}, got {value!r}")
+    if value < low or (value == low and not low_ok) or value > high:
+        bracket = "[" if low_ok else "("
+        raise TrainerConfigError(f"{flag} must be in {bracket}{low:g}, {high:g}], got {value!r}")
 
 
 @dataclass
@@ -142,21 +199,6 @@ def move_to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, (list, tuple)):
         return type(batch)(move_to_device(value, device) for value in batch)
     return batch
-
-
-def _rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
 
 
 def _no_decay(name: str, param: nn.Parameter) -> bool:
@@ -250,8 +292,10 @@ class Trainer:
         optimizer = self._optimizer()
         warmup = int(round(self.config.warmup_ratio * total_steps))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(total_steps, warmup))
+        # torch.compile wraps the same parameters; names and saved weights stay those of self.model.
+        module = torch.compile(self.model) if self.config.compile else self.model
         self.engine, _, _, _ = deepspeed.initialize(
-            model=self.model, optimizer=optimizer, lr_scheduler=scheduler,
+            model=module, optimizer=optimizer, lr_scheduler=scheduler,
             config=self.deepspeed_config(world), dist_init_required=False,
         )
 
@@ -295,35 +339,39 @@ class Trainer:
     def _fresh_state(self) -> dict[str, Any]:
         return {"epoch": 0, "micro_in_epoch": 0, "global_step": 0, "best_metric": None,
                 "best_step": None, "bad_evals": 0, "history": [], "train_time_s": 0.0,
-                "samples_seen": 0, "stopped_early": False, "last_checkpoint": None}
+                "samples_seen": 0, "stopped_early": False, "last_checkpoint": None,
+                "good_checkpoint": None}
 
     def _run(self, state: dict, micro_per_epoch: int, total_steps: int, world: int, rank: int) -> TrainResult:
         cfg = self.config
         bar = self._progress_bar(total_steps, state["global_step"])
-        started, running_loss, running_count = time.perf_counter() - state["train_time_s"], 0.0, 0
+        started, running, running_count = time.perf_counter() - state["train_time_s"], {}, 0
         device = next(self.engine.module.parameters()).device
         done = state["global_step"] >= total_steps or state["stopped_early"]
         while not done:
             epoch, first = state["epoch"], state["micro_in_epoch"]
             batches = self._epoch_batches(epoch, micro_per_epoch, world, rank)
             for micro, batch in enumerate(self._loader(batches[first:]), start=first):
-                loss, _ = self._micro_step(move_to_device(batch, device), state)
-                running_loss, running_count = running_loss + loss, running_count + 1
+                terms = self._micro_step(move_to_device(batch, device), state)
+                running_count += 1
+                for name, value in terms.items():
+                    running[name] = running.get(name, 0.0) + value
                 state["samples_seen"] += cfg.batch_size * world
                 if (micro + 1) % cfg.grad_accum_steps:
                     continue
                 state["global_step"] += 1
                 state["micro_in_epoch"] = micro + 1
                 state["train_time_s"] = time.perf_counter() - started
+                means = {name: total / running_count for name, total in running.items()}
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{running_loss / running_count:.4f}",
+                    bar.set_postfix(**{name: f"{value:.4f}" for name, value in means.items()},
                                     lr=f"{self.engine.get_lr()[0]:.2e}",
                                     samples_s=f"{state['samples_seen'] / max(state['train_time_s'], 1e-9):.1f}")
                 if state["global_step"] % cfg.log_every_steps == 0:
-                    self._log({"step": state["global_step"], "epoch": epoch,
-                               "loss": running_loss / running_count, "lr": self.engine.get_lr()[0]})
-                    running_loss, running_count = 0.0, 0
+                    self._log({"step": state["global_step"], "epoch": epoch, **means,
+                               "lr": self.engine.get_lr()[0]})
+                    running, running_count = {}, 0
                 finished = state["global_step"] >= total_steps
                 epoch_end = micro + 1 == micro_per_epoch
                 if epoch_end:
@@ -341,14 +389,23 @@ class Trainer:
             bar.close()
         return self._finish(state, micro_per_epoch // cfg.grad_accum_steps)
 
-    def _micro_step(self, batch: Any, state: dict) -> tuple[float, dict]:
+    def _micro_step(self, batch: Any, state: dict) -> dict[str, float]:
+        """One forward/backward; returns every named loss term as a float (``loss`` is the total)."""
         self.engine.train()
         output = self.loss_fn(self.engine, batch)
-        loss, logs = output if isinstance(output, tuple) else (output, {})
+        if isinstance(output, tuple):  # the earlier (loss, float logs) form
+            loss, logs = output
+            terms = {**{k: float(v) for k, v in logs.items()}, "loss": loss}
+        else:
+            loss, terms = total_and_terms(output)
         self._check_finite(loss, state)
+        # A finite loss computed from the newest checkpoint's weights confirms that checkpoint as good.
+        if state["last_checkpoint"] != state["good_checkpoint"]:
+            state["good_checkpoint"] = state["last_checkpoint"]
         self.engine.backward(loss)
         self.engine.step()
-        return float(loss.detach()), logs
+        return {name: float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
+                for name, value in terms.items()}
 
     def _check_finite(self, loss: torch.Tensor, state: dict) -> None:
         bad = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0])
@@ -356,13 +413,28 @@ class Trainer:
             bad = bad.to(loss.device)
             torch.distributed.all_reduce(bad)
         if bad.item() > 0:
-            last = state["last_checkpoint"] or "none written yet"
-            raise NonFiniteLossError(
-                f"the loss became {float(loss.detach())} at optimiser step {state['global_step']} "
-                f"(epoch {state['epoch']}); training stopped before updating the weights. "
-                f"Last good checkpoint: {last}. Try a lower --learning_rate, --precision fp32, "
-                "or check the data for empty or extreme inputs."
-            )
+            self._stop_non_finite(f"the loss became {float(loss.detach())}", state)
+
+    def _stop_non_finite(self, what: str, state: dict) -> None:
+        """Point latest.json at the last good checkpoint, drop newer ones, and raise naming it."""
+        good = state["good_checkpoint"]
+        if dist.is_main_process() and self.checkpoint_root.is_dir():
+            for folder in self.checkpoint_root.glob("step-*"):
+                if good is None or folder.name > Path(good).name:
+                    shutil.rmtree(folder, ignore_errors=True)
+            pointer = self.checkpoint_root / "latest.json"
+            if good is None:
+                pointer.unlink(missing_ok=True)
+            else:
+                step = int(Path(good).name.removeprefix("step-"))
+                atomic_write_json(pointer, {"tag": Path(good).name, "global_step": step})
+        dist.barrier()
+        last = good or "none (no checkpoint had finite weights and a finite loss after it)"
+        raise NonFiniteLossError(
+            f"{what} at optimiser step {state['global_step']} (epoch {state['epoch']}); training stopped "
+            f"before updating the weights. Last good checkpoint: {last}. Try a lower --learning-rate, "
+            "--precision fp32, or check the data for empty or extreme inputs."
+        )
 
     # ------------------------------------------------------------ evaluation
     def _evaluate_and_checkpoint(self, state: dict) -> None:
@@ -379,11 +451,11 @@ class Trainer:
 
     def _update_best(self, metrics: dict[str, float], state: dict) -> None:
         cfg = self.config
-        key = cfg.metric or next(iter(metrics))
+        key, greater = selection(self.evaluate_fn, cfg.metric, cfg.greater_is_better, next(iter(metrics), None))
         if key not in metrics:
             raise TrainerConfigError(f"metric {key!r} is not among the evaluation results {sorted(metrics)}")
         value, best = metrics[key], state["best_metric"]
-        improved = best is None or (value > best if cfg.greater_is_better else value < best)
+        improved = best is None or (value > best if greater else value < best)
         if improved:
             state["best_metric"], state["best_step"], state["bad_evals"] = value, state["global_step"], 0
             self._save_best()
@@ -393,7 +465,7 @@ class Trainer:
             state["stopped_early"] = patience is not None and state["bad_evals"] >= patience
 
     def _trainable_items(self) -> list[tuple[str, nn.Parameter]]:
-        return [(n, p) for n, p in self.engine.module.named_parameters() if p.requires_grad]
+        return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
 
     def _gathered(self, params: list[nn.Parameter], modifier_rank: int | None = None):
         import deepspeed
@@ -420,7 +492,21 @@ class Trainer:
                 param.copy_(tensors[name].to(param.dtype))
 
     # ----------------------------------------------------------- checkpoints
+    def _weights_sane(self) -> bool:
+        """Every trainable weight finite, with a finite float32 norm, on every rank."""
+        items = self._trainable_items()
+        with self._gathered([p for _, p in items]):
+            sane = ckpt.weights_are_sane(p for _, p in items)
+        flag = torch.tensor([0.0 if sane else 1.0])
+        if dist.world_size() > 1:
+            flag = flag.to(next(self.model.parameters()).device)
+            torch.distributed.all_reduce(flag)
+        return flag.item() == 0
+
     def _save_checkpoint(self, state: dict) -> None:
+        if not self._weights_sane():
+            self._stop_non_finite("the trainable weights overflowed (a value or their norm is not finite)",
+                                  state)
         tag = f"step-{state['global_step']:08d}"
         incoming = self.checkpoint_root / ".incoming"
         final = self.checkpoint_root / tag
@@ -428,7 +514,7 @@ class Trainer:
         # Frozen weights never change, so checkpoints hold only what trains (adapters stay small).
         self.engine.save_checkpoint(str(incoming), tag=tag, client_state={"plmkit": state},
                                     save_latest=False, exclude_frozen_parameters=True)
-        torch.save(_rng_state(), incoming / tag / f"rng_rank{dist.rank()}.pt")
+        ckpt.save_rng(incoming / tag / f"rng_rank{dist.rank()}.json")
         dist.barrier()
         if dist.is_main_process():
             if final.exists():
@@ -436,13 +522,14 @@ class Trainer:
             os.replace(incoming / tag, final)
             shutil.rmtree(incoming, ignore_errors=True)
             atomic_write_json(self.checkpoint_root / "latest.json", {"tag": tag, "global_step": state["global_step"]})
-            self._prune_checkpoints(keep=tag)
+            self._prune_checkpoints(keep={tag, Path(state["good_checkpoint"] or "").name})
         dist.barrier()
 
-    def _prune_checkpoints(self, keep: str) -> None:
+    def _prune_checkpoints(self, keep: set[str]) -> None:
+        """Keep the newest ``keep_checkpoints`` plus ``keep`` (the newest and the last confirmed good)."""
         tags = sorted(p.name for p in self.checkpoint_root.glob("step-*") if p.is_dir())
         for old in tags[: max(0, len(tags) - self.config.keep_checkpoints)]:
-            if old != keep:
+            if old not in keep:
                 shutil.rmtree(self.checkpoint_root / old, ignore_errors=True)
 
     def latest_checkpoint(self) -> Path | None:
@@ -457,18 +544,21 @@ class Trainer:
         if latest is None:
             logger.info("no checkpoint in %s; starting from scratch", self.checkpoint_root)
             return state
-        _, client = self.engine.load_checkpoint(str(self.checkpoint_root), tag=latest.name,
-                                                load_module_strict=False)
-        if client is None or "plmkit" not in client:
-            raise TrainerConfigError(f"{latest} is not a plmkit checkpoint (no loop state inside)")
-        state = dict(client["plmkit"])
-        rng_file = latest / f"rng_rank{dist.rank()}.pt"
+        rng_file = latest / f"rng_rank{dist.rank()}.json"
         if not rng_file.exists():
             raise TrainerConfigError(
-                f"{latest} was written by fewer processes than this run has; resume with the same "
-                "number of processes it was trained with"
+                f"{latest} has no {rng_file.name}: it was written by fewer processes than this run has, or "
+                "by an older plmkit; resume with the same number of processes, or start afresh"
             )
-        _set_rng_state(torch.load(rng_file, weights_only=False))
+        with ckpt.weights_only_loading():
+            _, client = self.engine.load_checkpoint(str(self.checkpoint_root), tag=latest.name,
+                                                    load_module_strict=False)
+        if client is None or "plmkit" not in client:
+            raise TrainerConfigError(f"{latest} is not a plmkit checkpoint (no loop state inside)")
+        state = {**self._fresh_state(), **client["plmkit"]}
+        ckpt.load_rng(rng_file)
+        if dist.is_main_process():
+            ckpt.trim_log(self.output_dir / "train_log.jsonl", state["global_step"])
         best = self.output_dir / "best.safetensors"
         if best.exists():
             from safetensors.torch import load_file

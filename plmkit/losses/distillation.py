@@ -1,0 +1,118 @@
+"""Knowledge distillation from a frozen teacher: task loss + beta * soft term (+ gamma * hidden term).
+
+    loss = w_task * L_task(student, labels) + beta * L_soft(student, teacher) + gamma * L_hidden
+
+Soft term (``soft="kl"``, the default):
+
+    L_soft = T^2 * KL(softmax(z_t / T) || softmax(z_s / T))
+           = T^2 * mean_batch sum_c p_t,c (log p_t,c - log p_s,c),   p = softmax(z / T)
+
+The T^2 factor is the usual convention (Hinton et al., 2015): the gradient of the KL term scales as
+1/T^2, so multiplying by T^2 keeps the soft term's gradient scale independent of T and beta comparable
+across temperatures. ``soft="mse"`` matches logits directly, mean_(batch, class) (z_s - z_t)^2, with no
+temperature. A regression head (one output) always uses that MSE.
+
+Hidden term (gamma = ``hidden_weight`` > 0, TinyBERT-style), over the embeddings and every layer l,
+on real tokens only (attention mask m):
+
+    L_hidden = mean_l  sum m * ||h_l^s - h_l^t||^2  /  sum m * ||h_l^t||^2
+
+which is scale-free across layers. It needs an encoder + head classifier (``encoder_inputs``,
+``encoder``, ``head``) as teacher and student, of the same depth.
+
+The teacher is put in eval mode, frozen, and run under ``torch.no_grad``: it never receives a gradient.
+The loss returns named terms (``loss``, ``task``, ``soft`` and, when used, ``hidden``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from plmkit.errors import ConfigError
+from plmkit.losses.task import loss_from_logits
+
+SOFT_KINDS = ("kl", "mse")
+
+
+@dataclass(eq=False)
+class DistillationLoss:
+    """``loss(model, batch) -> {"loss", "task", "soft"[, "hidden"]}`` against a frozen teacher."""
+
+    teacher: nn.Module
+    """The model to imitate; frozen and put in eval mode on construction."""
+    beta: float = 1.0
+    """Weight of the soft term; any non-negative number (0 gives the task loss alone)."""
+    temperature: float = 2.0
+    """Softmax temperature T of the KL soft term (> 0); the term is scaled by T^2."""
+    soft: str = "kl"
+    """``kl`` (temperature-softened KL divergence) or ``mse`` (squared error between logits)."""
+    hidden_weight: float = 0.0
+    """Weight gamma of the per-layer hidden-state term; 0 skips it (and its extra teacher outputs)."""
+    task_weight: float = 1.0
+    """Weight of the task loss on the labels (non-negative)."""
+
+    def __post_init__(self) -> None:
+        for name in ("beta", "hidden_weight", "task_weight"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0.0 <= value < float("inf")):
+                raise ConfigError(f"distillation {name} must be a finite number >= 0, got {value}")
+        if not (isinstance(self.temperature, (int, float)) and 0.0 < self.temperature < float("inf")):
+            raise ConfigError(f"distillation temperature must be > 0, got {self.temperature}")
+        if self.soft not in SOFT_KINDS:
+            raise ConfigError(f"distillation soft term must be one of {SOFT_KINDS}, got {self.soft!r}")
+        if self.hidden_weight and not hasattr(self.teacher, "encoder_inputs"):
+            raise ConfigError("hidden-state distillation needs an encoder + head classifier "
+                              "(plmkit.models.build_classifier) as the teacher")
+        self.teacher.eval().requires_grad_(False)
+
+    def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        terms: dict[str, torch.Tensor] = {}
+        if self.hidden_weight:
+            logits, hidden = logits_and_hidden(model, batch)
+            with torch.no_grad():
+                target, target_hidden = logits_and_hidden(self.teacher, batch)
+            terms["hidden"] = hidden_state_loss(hidden, target_hidden, batch["attention_mask"])
+        else:
+            logits = model(**batch)
+            with torch.no_grad():
+                target = self.teacher(**batch)
+        terms["task"] = loss_from_logits(logits, batch["labels"])
+        terms["soft"] = soft_target_loss(logits, target, self.temperature, self.soft)
+        total = self.task_weight * terms["task"] + self.beta * terms["soft"]
+        if "hidden" in terms:
+            total = total + self.hidden_weight * terms["hidden"]
+        return {"loss": total, **terms}
+
+
+def soft_target_loss(logits: torch.Tensor, target: torch.Tensor, temperature: float = 2.0,
+                     kind: str = "kl") -> torch.Tensor:
+    """T^2 * KL(softmax(target/T) || softmax(logits/T)), or the logits' MSE (``kind="mse"`` or one output)."""
+    logits, target = logits.float(), target.detach().float()
+    if kind == "mse" or logits.shape[-1] == 1:
+        return F.mse_loss(logits, target)
+    return F.kl_div(F.log_softmax(logits / temperature, -1), F.log_softmax(target / temperature, -1),
+                    reduction="batchmean", log_target=True) * temperature**2
+
+
+def logits_and_hidden(model: nn.Module, batch: dict[str, torch.Tensor]):
+    """Logits and every hidden state (embeddings first) of an encoder + head classifier, in one pass."""
+    out = model.encoder(**model.encoder_inputs(**batch), output_hidden_states=True)
+    return model.head(out.last_hidden_state, batch["attention_mask"]), out.hidden_states
+
+
+def hidden_state_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor],
+                      attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean over layers of ||h_s - h_t||^2 / ||h_t||^2 on real tokens (scale-free across layers)."""
+    if len(student) != len(teacher):
+        raise ConfigError(f"hidden-state distillation needs the same depth: student has {len(student) - 1} "
+                          f"layers, teacher {len(teacher) - 1}")
+    # (batch, tokens) -> (batch, tokens, 1)
+    mask = attention_mask.unsqueeze(-1).float()
+    losses = [((s.float() - t.float()).square() * mask).sum() / (t.float().square() * mask).sum().clamp_min(1e-12)
+              for s, t in zip(student, teacher, strict=True)]
+    return torch.stack(losses).mean()
