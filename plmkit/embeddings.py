@@ -4,10 +4,12 @@ Encoding. Sentences are tokenized once (truncated to ``max_length``), sorted by 
 batch pads little, run through the encoder without gradients in eval mode, pooled and put back in
 input order. Pooling turns token states ``h_1..h_T`` with mask ``m`` into one vector:
 
-    mean:  e = sum_t m_t h_t / sum_t m_t        cls:  e = h_1
+    mean:  e = sum_t m_t h_t / sum_t m_t     cls:  e = h_1     last:  e = h_t*, t* = max{t : m_t = 1}
 
-and ``normalize=True`` returns ``e / ||e||_2``. Padding never changes a sentence's embedding beyond
-float rounding, so the result does not depend on ``batch_size``.
+and ``normalize=True`` returns ``e / ||e||_2``. "last" suits decoders (left or right padding both
+work); a causal LM is run through its base model, so its final hidden states are pooled. Padding
+never changes a sentence's embedding beyond float rounding, so the result does not depend on
+``batch_size``.
 
 STS evaluation. For pairs ``(a_i, b_i, y_i)`` the predicted similarity is ``cos(e(a_i), e(b_i))``;
 the evaluator reports Pearson and Spearman correlation of the predictions with the gold scores
@@ -36,9 +38,10 @@ from plmkit.errors import ConfigError, PlmkitError
 from plmkit.metrics import compute_metrics
 from plmkit.models import pool
 
-POOLINGS = ("mean", "cls")
-"""Pooling modes ``encode`` and the export support (both map onto sentence-transformers' Pooling)."""
-_ST_POOLING_FLAGS = {"mean": "pooling_mode_mean_tokens", "cls": "pooling_mode_cls_token"}
+POOLINGS = ("mean", "cls", "last")
+"""Pooling modes ``encode`` and the export support (each maps onto a sentence-transformers Pooling mode)."""
+_ST_POOLING_FLAGS = {"mean": "pooling_mode_mean_tokens", "cls": "pooling_mode_cls_token",
+                     "last": "pooling_mode_lasttoken"}
 
 
 class EmbeddingError(PlmkitError):
@@ -69,12 +72,18 @@ def _forward_fields(model: nn.Module) -> set[str]:
     return set(inspect.signature(model.forward).parameters)
 
 
-def _last_hidden(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """(batch, seq, hidden) token states of the last layer; a causal LM runs through its base model."""
+def _last_hidden(model: nn.Module, batch: dict[str, torch.Tensor], left_padded: bool) -> torch.Tensor:
+    """(batch, seq, hidden) token states of the last layer; a causal LM runs through its base model.
+
+    With left padding, positions count real tokens only (as in generation), so models with absolute
+    position embeddings (GPT-2) see each sentence at the positions it has alone.
+    """
     body = getattr(model, "base_model", model)
     fields = _forward_fields(body)
-    out = body(**{k: v for k, v in batch.items() if k in fields})
-    return out.last_hidden_state
+    inputs = {k: v for k, v in batch.items() if k in fields}
+    if left_padded and "position_ids" in fields:
+        inputs["position_ids"] = (batch["attention_mask"].long().cumsum(-1) - 1).clamp_min(0)  # (batch, seq)
+    return body(**inputs).last_hidden_state
 
 
 def _module_modes(model: nn.Module) -> list[tuple[nn.Module, bool]]:
@@ -95,6 +104,7 @@ def encode(model: nn.Module, tokenizer: Any, sentences: Sequence[str], pooling: 
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i]["input_ids"]))
     device = next(model.parameters()).device
     out = torch.empty(len(sentences), _hidden_size(model))
+    left_padded = getattr(tokenizer, "padding_side", "right") == "left"
     modes = _module_modes(model)
     model.eval()
     try:
@@ -103,7 +113,7 @@ def encode(model: nn.Module, tokenizer: Any, sentences: Sequence[str], pooling: 
                 chosen = order[start:start + batch_size]
                 batch = tokenizer.pad([rows[i] for i in chosen], return_tensors="pt")
                 batch = {k: v.to(device) for k, v in batch.items()}
-                hidden = _last_hidden(model, batch).float()  # (batch, seq, hidden)
+                hidden = _last_hidden(model, batch, left_padded).float()  # (batch, seq, hidden)
                 out[chosen] = pool(hidden, batch["attention_mask"], pooling).cpu()
     finally:
         for module, was_training in modes:
@@ -132,7 +142,9 @@ class STSEvaluator:
     """``evaluator(model) -> {"spearman": s, "pearson": p}``: correlations of cosine similarity with gold scores.
 
     Both values are fractions in [-1, 1] (x100 for the usual STS tables). Each distinct sentence is
-    encoded once. Works on any encoder ``encode`` accepts.
+    encoded once. Works on any encoder ``encode`` accepts. ``pairs`` may be any iterable of
+    ``(a, b, score)``, e.g. ``plmkit.tasks.load_scored_pairs(path)``. Follows the
+    ``plmkit.evaluation.Evaluator`` contract.
     """
 
     primary_metric = "spearman"

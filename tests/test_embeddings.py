@@ -11,6 +11,7 @@ from scipy.stats import pearsonr, spearmanr
 
 from plmkit.embeddings import EmbeddingError, STSEvaluator, encode, export_sentence_transformer
 from plmkit.errors import ConfigError
+from plmkit.evaluation import Evaluator
 
 SENTENCES = [
     "the movie was great", "bad", "it is a very very boring film and the plot is awful",
@@ -26,17 +27,33 @@ def _alone(backbone, sentence: str, pooling: str) -> torch.Tensor:
         batch.pop("token_type_ids", None)
     with torch.no_grad():
         hidden = model(**batch).last_hidden_state[0]  # (seq, hidden)
-    return hidden.mean(0) if pooling == "mean" else hidden[0]
+    return {"mean": hidden.mean(0), "cls": hidden[0], "last": hidden[-1]}[pooling]
 
 
 @pytest.mark.parametrize("model_type", ["bert", "distilbert", "mpnet"])
-@pytest.mark.parametrize("pooling", ["mean", "cls"])
+@pytest.mark.parametrize("pooling", ["mean", "cls", "last"])
 def test_encode_matches_each_sentence_alone_in_input_order(make_encoder, model_type, pooling):
     backbone = make_encoder(model_type)
     got = encode(backbone.model, backbone.tokenizer, SENTENCES, pooling=pooling, batch_size=3)
     expected = torch.stack([_alone(backbone, s, pooling) for s in SENTENCES])
     assert got.shape == (len(SENTENCES), 32)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gpt2"])
+def test_encode_last_token_of_a_left_padded_causal_lm(model_type):
+    from plmkit.backbones import tiny_causal_lm
+    from tests.conftest import WORDS
+
+    backbone = tiny_causal_lm(model_type, WORDS)
+    assert backbone.tokenizer.padding_side == "left"
+    got = encode(backbone.model, backbone.tokenizer, SENTENCES, pooling="last", batch_size=4)
+    body = backbone.model.base_model.eval()
+    for sentence, row in zip(SENTENCES, got, strict=True):
+        batch = backbone.tokenizer([sentence], return_tensors="pt")
+        with torch.no_grad():
+            alone = body(input_ids=batch["input_ids"]).last_hidden_state[0, -1]
+        torch.testing.assert_close(row, alone, atol=1e-5, rtol=1e-5)
 
 
 def test_encode_normalizes_truncates_and_needs_no_grad(make_encoder):
@@ -91,6 +108,7 @@ def test_sts_evaluator_against_scipy_on_hand_cosines(make_encoder):
     assert set(result) == {"spearman", "pearson"}
     assert result["spearman"] == pytest.approx(spearmanr(cosines, gold).statistic, abs=1e-6)
     assert result["pearson"] == pytest.approx(pearsonr(cosines, gold).statistic, abs=1e-5)
+    assert isinstance(evaluator, Evaluator)
     assert evaluator.primary_metric == "spearman" and evaluator.greater_is_better is True
 
 
@@ -110,7 +128,7 @@ def test_sts_evaluator_rejects_bad_pairs(make_encoder, pairs):
         STSEvaluator(pairs, make_encoder("bert").tokenizer)
 
 
-@pytest.mark.parametrize(("pooling", "normalize"), [("mean", False), ("cls", True)])
+@pytest.mark.parametrize(("pooling", "normalize"), [("mean", False), ("cls", True), ("last", False)])
 def test_export_loads_in_sentence_transformers_and_reproduces_encode(make_encoder, tmp_path, pooling, normalize):
     from sentence_transformers import SentenceTransformer
 
