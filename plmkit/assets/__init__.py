@@ -7,8 +7,8 @@ given instead of a name, or wheels dropped into ``<cache>/downloads/``) always w
 asset is checked against its recorded sha256s the first time a process uses it.
 
 Modules: ``registry`` (what each asset is), ``cache`` (where it lives, its record, the lock),
-``download`` (getting archives), ``build`` (extracting and post-processing), ``verify`` (checks),
-``fetch`` (the entry point). The private seams ``_download_archive``, ``_pip_download``,
+``download`` (getting archives), ``build`` (extracting and post-processing), ``checks`` (verification),
+``fetching`` (the entry point). The private seams ``_download_archive``, ``_pip_download``,
 ``_urllib_download`` and ``_write_member`` are looked up here at call time, so tests replace them here.
 """
 
@@ -25,10 +25,10 @@ from plmkit.assets.cache import (
     resolve_local_override,
 )
 from plmkit.assets.cache import sha256_of as _sha256
+from plmkit.assets.checks import forget_checks, verify
 from plmkit.assets.download import _download_archive, _pip_download, _urllib_download
-from plmkit.assets.fetch import fetch, list_assets
+from plmkit.assets.fetching import fetch, list_assets
 from plmkit.assets.registry import KINDS, POSTPROCESSES, REGISTRY, ArchiveRef, Asset, AssetError
-from plmkit.assets.verify import forget_checks, verify
 
 __all__ = [
     "KINDS", "MARKER", "POSTPROCESSES", "REGISTRY", "ArchiveRef", "Asset", "AssetError", "asset_dir",

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from plmkit.assets.build import build
 from plmkit.assets.cache import asset_dir, install, is_cached, lock, read_record, resolve_local_override, say
+from plmkit.assets.checks import _VERIFIED, check_on_use, record_stamp
 from plmkit.assets.registry import REGISTRY, Asset, AssetError
-from plmkit.assets.verify import _VERIFIED, check_on_use, record_stamp
 
 
 def _resolve(name_or_asset: str | os.PathLike[str] | Asset) -> Asset | Path:
