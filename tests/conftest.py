@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny random encoders built once per session and copied per test."""
+"""Shared fixtures: tiny random encoders and decoders built once per session and copied per test."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 WORDS = ["the", "a", "an", "movie", "film", "was", "is", "are", "it", "this", "that", "great", "good", "bad", "awful", "boring", "fun", "funny", "plot", "actor", "story", "not", "very", "really", "loved", "hated", "and", "but", "of", "to", "in", "on", "with", "for", "sport", "game", "team", "market", "bank", "shares", "election", "vote", "minister", "phone", "software", "internet", "music", "band", "show"]
 
 ENCODER_TYPES = ("bert", "roberta", "xlm-roberta", "distilbert", "mpnet")
+DECODER_TYPES = ("llama", "gpt2")
 
 
 @pytest.fixture(scope="session")
@@ -28,6 +29,23 @@ def make_encoder(_encoder_cache):
 
     def build(model_type: str = "bert"):
         return copy.deepcopy(_encoder_cache[model_type])
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def _decoder_cache():
+    from plmkit.backbones import tiny_causal_lm
+
+    return {name: tiny_causal_lm(name, WORDS) for name in DECODER_TYPES}
+
+
+@pytest.fixture
+def make_decoder(_decoder_cache):
+    """``make_decoder("llama")`` -> a fresh deep copy of the tiny random causal LM Backbone (*ForCausalLM)."""
+
+    def build(model_type: str = "llama"):
+        return copy.deepcopy(_decoder_cache[model_type])
 
     return build
 

@@ -59,12 +59,17 @@ def test_missing_local_path_and_bad_folder(tmp_path):
         load_encoder(str(tmp_path / "empty"))
 
 
-def test_decoder_is_refused_as_encoder(tmp_path):
+def test_decoder_loads_as_classifier_backbone(tmp_path):
     lm = tiny_causal_lm("llama", WORDS)
     lm.model.save_pretrained(tmp_path / "lm")
     lm.tokenizer.save_pretrained(tmp_path / "lm")
-    with pytest.raises(BackboneError, match="llama"):
-        load_encoder(str(tmp_path / "lm"))
+    backbone = load_encoder(str(tmp_path / "lm"))
+    assert type(backbone.model).__name__ == "LlamaModel" and backbone.tokenizer.pad_token is not None
+    ids = torch.tensor([[5, 6, 7]])
+    with torch.no_grad():
+        expected = lm.model.eval().model(input_ids=ids).last_hidden_state
+        torch.testing.assert_close(backbone.model.eval()(input_ids=ids).last_hidden_state, expected)
+    assert backbone.signature()["num_layers"] == 2 and backbone.signature()["hidden_size"] == 32
     loaded = load_backbone(str(tmp_path / "lm"), kind="causal-lm")
     assert loaded.kind == "causal-lm" and loaded.tokenizer.padding_side == "left"
     with pytest.raises(BackboneError, match="unknown backbone kind"):
@@ -78,6 +83,35 @@ def test_tiny_causal_lm_generates(model_type):
     out = lm.model.generate(**batch, max_new_tokens=3, min_new_tokens=3, do_sample=False,
                            pad_token_id=0)
     assert out.shape == (2, batch["input_ids"].shape[1] + 3)
+
+
+def test_unsupported_model_type_is_refused(tmp_path):
+    from transformers import AutoConfig, AutoModel
+
+    config = AutoConfig.for_model("electra", vocab_size=20, hidden_size=16, num_hidden_layers=1,
+                                  num_attention_heads=2, intermediate_size=32, embedding_size=16)
+    AutoModel.from_config(config).save_pretrained(tmp_path / "electra")
+    tiny_encoder("bert", WORDS).tokenizer.save_pretrained(tmp_path / "electra")
+    with pytest.raises(BackboneError, match="'electra' model; classifier backbones support bert"):
+        load_encoder(str(tmp_path / "electra"))
+
+
+@pytest.mark.parametrize("loader", [load_encoder, load_causal_lm])
+def test_truncated_weights_name_the_file_and_the_fix(tmp_path, loader):
+    lm = tiny_causal_lm("gpt2", WORDS)
+    lm.model.save_pretrained(tmp_path / "g")
+    lm.tokenizer.save_pretrained(tmp_path / "g")
+    weights = tmp_path / "g" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(BackboneError, match=r"model\.safetensors is truncated or damaged.*save_pretrained"):
+        loader(str(tmp_path / "g"))
+
+
+def test_signature_reads_sizes_through_the_anatomy():
+    lm = tiny_causal_lm("gpt2", WORDS, hidden=48, layers=3)
+    expected = {"name": "", "model_type": "gpt2", "hidden_size": 48, "num_layers": 3}
+    assert backbone_signature(lm.model) == expected  # the *ForCausalLM wrapper
+    assert backbone_signature(lm.model.transformer) == expected  # its base model
 
 
 def test_tiny_encoder_shapes_and_signature():
