@@ -1,0 +1,128 @@
+"""The loss contract and the shared losses, checked against computations written out here."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from plmkit.errors import ConfigError
+from plmkit.losses import (
+    DistillationLoss,
+    LossContractError,
+    classification_loss,
+    loss_from_logits,
+    total_and_terms,
+)
+
+
+class _Toy(nn.Module):
+    """A classifier over a feature vector that takes the batch as keyword arguments, as the real ones do."""
+
+    def __init__(self, outputs: int = 3, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.linear = nn.Linear(5, outputs)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None, **_) -> torch.Tensor:
+        return self.linear(x) * 3.0
+
+
+def _batch(classes: int = 3) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    labels = torch.randint(0, classes, (6,), generator=generator) if classes > 1 else torch.randn(6, generator=generator)
+    return {"x": torch.randn(6, 5, generator=generator), "labels": labels}
+
+
+def _by_hand_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    log_probs = logits - logits.exp().sum(-1, keepdim=True).log()
+    return -log_probs[torch.arange(len(labels)), labels].mean()
+
+
+def test_task_loss_is_cross_entropy_or_mse():
+    model, batch = _Toy(), _batch()
+    logits = model(**batch)
+    assert float(classification_loss(model, batch)) == pytest.approx(float(_by_hand_ce(logits, batch["labels"])),
+                                                                      rel=1e-6)
+    regression, scores = _Toy(outputs=1), _batch(classes=1)
+    out = regression(**scores)[:, 0]
+    assert float(classification_loss(regression, scores)) == pytest.approx(
+        float(((out - scores["labels"]) ** 2).mean()), rel=1e-6)
+    assert loss_from_logits(logits.bfloat16(), batch["labels"]).dtype == torch.float32
+
+
+def test_textclf_keeps_the_task_loss_names():
+    from plmkit import textclf
+
+    assert textclf.classification_loss is classification_loss
+    assert textclf.loss_from_logits is loss_from_logits
+
+
+def test_kl_soft_term_with_temperature_two_matches_a_hand_computation():
+    student, teacher, batch = _Toy(seed=0), _Toy(seed=1), _batch()
+    beta, t = 0.7, 2.0
+    terms = DistillationLoss(teacher, beta=beta, temperature=t)(student, batch)
+    with torch.no_grad():
+        s, z = student(**batch), teacher(**batch)
+    log_p_s, log_p_t = torch.log_softmax(s / t, -1), torch.log_softmax(z / t, -1)
+    kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1).mean() * t**2
+    ce = _by_hand_ce(s, batch["labels"])
+    assert float(terms["soft"]) == pytest.approx(float(kl), rel=1e-5)
+    assert float(terms["task"]) == pytest.approx(float(ce), rel=1e-5)
+    assert float(terms["loss"]) == pytest.approx(float(ce + beta * kl), rel=1e-5)
+    assert float(kl) > 0.01  # the two models really differ
+
+
+def test_mse_soft_term_and_betas_above_one():
+    student, teacher, batch = _Toy(seed=0), _Toy(seed=1), _batch()
+    terms = DistillationLoss(teacher, beta=3.0, soft="mse")(student, batch)
+    with torch.no_grad():
+        mse = ((student(**batch) - teacher(**batch)) ** 2).mean()
+    assert float(terms["soft"]) == pytest.approx(float(mse), rel=1e-5)
+    assert float(terms["loss"]) == pytest.approx(float(terms["task"] + 3.0 * mse), rel=1e-5)
+
+
+def test_beta_zero_equals_the_task_loss_and_the_teacher_gets_no_gradient():
+    student, teacher, batch = _Toy(seed=0), _Toy(seed=1), _batch()
+    total = DistillationLoss(teacher, beta=0.0)(student, batch)["loss"]
+    assert float(total) == pytest.approx(float(classification_loss(student, batch)), rel=1e-6)
+    total = DistillationLoss(teacher, beta=2.0)(student, batch)["loss"]
+    total.backward()
+    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
+    assert not teacher.training
+
+
+def test_identical_teacher_gives_zero_soft_term():
+    model = _Toy()
+    assert float(DistillationLoss(_Toy(), beta=1.0)(model, _batch())["soft"]) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("settings, match", [
+    ({"beta": -0.1}, "beta"), ({"beta": float("nan")}, "beta"), ({"temperature": 0.0}, "temperature"),
+    ({"soft": "cosine"}, "soft term"), ({"hidden_weight": 1.0}, "encoder \\+ head"),
+])
+def test_bad_distillation_settings_are_refused(settings, match):
+    with pytest.raises(ConfigError, match=match):
+        DistillationLoss(_Toy(), **settings)
+
+
+def test_the_old_compress_signature_still_mixes_with_alpha():
+    from plmkit.compress.distill import distillation_loss
+
+    student, teacher, batch = _Toy(seed=0), _Toy(seed=1), _batch()
+    terms = DistillationLoss(teacher, beta=1.0)(student, batch)
+    mixed = distillation_loss(teacher, alpha=0.25)(student, batch)
+    assert isinstance(mixed, torch.Tensor)
+    assert float(mixed) == pytest.approx(float(0.75 * terms["task"] + 0.25 * terms["soft"]), rel=1e-5)
+
+
+def test_total_and_terms_reads_both_forms_and_refuses_others():
+    value = torch.tensor(2.0)
+    assert total_and_terms(value) == (value, {"loss": value})
+    total, terms = total_and_terms({"loss": value, "task": torch.tensor(1.0)})
+    assert total is value and set(terms) == {"loss", "task"}
+    with pytest.raises(LossContractError, match="'loss' entry"):
+        total_and_terms({"task": value})
+    with pytest.raises(LossContractError):
+        total_and_terms(2.0)
