@@ -21,3 +21,18 @@ def test_readme_opens_with_two_commands_and_ci_runs_the_test_one():
     ci_lines = [line for line in (ROOT / ".ci" / "run").read_text().splitlines()
                 if line.strip() and not line.startswith(("#", "set ", "cd "))]
     assert ci_lines == [test]
+
+
+def test_every_package_folder_is_declared_for_the_wheel():
+    """A package missing from pyproject's list works in an editable install but is left out of a wheel."""
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    declared = set(config["packages"])
+    folders = {"plmkit": ROOT / "plmkit", **{name: ROOT / path for name, path in config["package-dir"].items()}}
+    found = set()
+    for package, folder in folders.items():
+        for init in folder.rglob("__init__.py"):
+            relative = init.parent.relative_to(folder).parts
+            found.add(".".join((package, *relative)))
+    assert found == declared
