@@ -1,0 +1,199 @@
+"""Batched, seeded text generation from a causal LM (left padding, KV cache), returning only new text.
+
+Sampling. At each step the next-token logits ``z`` become ``p = softmax(z / T)``; tokens outside
+the ``top_k`` most likely (``top_k = 0``: no limit) and outside the nucleus are dropped, where the
+nucleus is the smallest set of most likely tokens whose mass reaches ``top_p``. The token is then
+drawn by inverse CDF: with the kept probabilities in descending order (ties in token-id order) and
+``c_j`` their running sum, pick the first ``j`` with ``c_j > u * c_V`` for a uniform ``u``.
+``temperature = 0`` means greedy decoding (argmax).
+
+Seeds. Each returned sequence ``(prompt i, sample r)`` gets its own stream of uniforms, drawn on
+the CPU from a generator seeded by ``(seed, i, r)`` (mixed with ``numpy.random.SeedSequence``), one
+``u`` per new token. Nothing random is shared between rows, so what holds is:
+
+- same prompts, seed and settings -> identical outputs, whatever ``batch_size`` and on any device
+  the logits agree on;
+- a prompt's outputs depend on its index in ``prompts`` and on ``seed``, not on its neighbours,
+  except through float rounding: a padded batch computes logits that can differ from the unpadded
+  ones in the last bits, which flips a draw only when ``u`` lands within that rounding of a CDF
+  boundary (rare; greedy is affected only by near-exact ties).
+
+Batching. Prompts are sorted by token count so a batch pads little, left-padded (the continuation
+starts at the same column for every row), generated with the model's KV cache through
+``transformers``' ``generate`` (our sampler runs as its logits processor, decoding greedily over
+a one-hot score), and put back in input order. A row stops at the end-of-sequence token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from plmkit.errors import ConfigError
+
+
+@dataclass
+class SamplingConfig:
+    """How each next token is chosen; checked on creation."""
+
+    max_new_tokens: int = 40
+    """Tokens to generate per sequence at most (fewer when end-of-sequence comes first)."""
+    temperature: float = 1.0
+    """Logits are divided by this; 0 means greedy decoding."""
+    top_p: float = 0.9
+    """Nucleus mass in (0, 1]; 1 keeps every token."""
+    top_k: int = 0
+    """Keep only the k most likely tokens; 0 means no limit."""
+    num_return_sequences: int = 1
+    """Independent samples per prompt (each with its own random stream)."""
+    seed: int = 0
+    """Non-negative; with the prompt's index it fixes every random draw."""
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not self.temperature >= 0:
+            raise ConfigError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p must be in (0, 1] (1 = no nucleus cut), got {self.top_p}")
+        if self.top_k < 0:
+            raise ConfigError(f"top_k must be >= 0 (0 = no limit), got {self.top_k}")
+        if self.num_return_sequences < 1:
+            raise ConfigError(f"num_return_sequences must be >= 1, got {self.num_return_sequences}")
+        if self.seed < 0:
+            raise ConfigError(f"seed must be >= 0, got {self.seed}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def row_uniforms(seed: int, prompt_index: int, sample_index: int, steps: int) -> torch.Tensor:
+    """(steps,) uniforms in [0, 1) for one returned sequence; depends only on the three indices."""
+    state = np.random.SeedSequence([seed, prompt_index, sample_index]).generate_state(1, dtype=np.uint64)[0]
+    return torch.rand(steps, generator=torch.Generator().manual_seed(int(state)), dtype=torch.float64)
+
+
+def sample_tokens(scores: torch.Tensor, uniforms: torch.Tensor, config: SamplingConfig) -> torch.Tensor:
+    """(rows, vocab) logits and (rows,) uniforms -> (rows,) token ids, as in the module docstring."""
+    if config.greedy:
+        return scores.argmax(-1)
+    probs = torch.softmax(scores.double() / config.temperature, dim=-1)  # (rows, vocab)
+    sorted_p, order = probs.sort(dim=-1, descending=True, stable=True)  # (rows, vocab) each
+    keep = torch.ones_like(sorted_p, dtype=torch.bool)
+    if config.top_k:
+        keep[:, config.top_k:] = False
+    if config.top_p < 1:
+        keep &= (sorted_p.cumsum(-1) - sorted_p) < config.top_p  # mass before a token is below top_p
+    cdf = (sorted_p * keep).cumsum(-1)  # (rows, vocab)
+    target = uniforms.to(cdf.device).unsqueeze(-1) * cdf[:, -1:]  # (rows, 1)
+    pick = torch.searchsorted(cdf, target, right=True).clamp_max(cdf.shape[-1] - 1)  # (rows, 1)
+    return order.gather(-1, pick).squeeze(-1)
+
+
+class _Sampler:
+    """A ``transformers`` logits processor: replaces scores by a one-hot of our own draw."""
+
+    def __init__(self, uniforms: torch.Tensor, prompt_width: int, config: SamplingConfig) -> None:
+        self.uniforms = uniforms  # (rows, max_new_tokens)
+        self.prompt_width = prompt_width
+        self.config = config
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        step = input_ids.shape[1] - self.prompt_width
+        tokens = sample_tokens(scores, self.uniforms[:, step], self.config)  # (rows,)
+        one_hot = torch.full_like(scores, float("-inf"))
+        return one_hot.scatter_(1, tokens.unsqueeze(-1), 0.0)
+
+
+def _check_prompts(prompts: Any) -> list[str]:
+    if isinstance(prompts, str) or not isinstance(prompts, Sequence):
+        raise ConfigError(f"prompts must be a list of strings, got {type(prompts).__name__} "
+                          "(wrap a single prompt in a list)")
+    if not prompts:
+        raise ConfigError("prompts is empty: pass at least one prompt")
+    bad = next((i for i, p in enumerate(prompts) if not isinstance(p, str) or not p.strip()), None)
+    if bad is not None:
+        raise ConfigError(f"prompt {bad} is {prompts[bad]!r}: every prompt must be a non-blank string")
+    return list(prompts)
+
+
+def _prompt_texts(tokenizer: Any, prompts: list[str], chat_template: bool) -> list[str]:
+    """Each prompt as the model reads it; with ``chat_template`` a user turn plus the assistant cue."""
+    if not chat_template:
+        return prompts
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError("chat_template=True but this tokenizer has no chat template; "
+                          "pass chat_template=False or use an instruction-tuned model that ships one")
+    return [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                          add_generation_prompt=True) for p in prompts]
+
+
+def _generation_config(tokenizer: Any, model: Any, max_new_tokens: int) -> Any:
+    from transformers import GenerationConfig
+
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    return GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                            pad_token_id=tokenizer.pad_token_id, eos_token_id=eos)
+
+
+def _generate_batch(backbone: Any, rows: list[tuple[str, int, int]], config: SamplingConfig,
+                    add_special_tokens: bool) -> list[str]:
+    """Generate one batch of (text, prompt index, sample index) rows; the new text of each."""
+    from transformers import LogitsProcessorList
+
+    model, tokenizer = backbone.model, backbone.tokenizer
+    batch = tokenizer([text for text, _, _ in rows], return_tensors="pt", padding=True,
+                      add_special_tokens=add_special_tokens)
+    device = next(model.parameters()).device
+    inputs = {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
+    width = inputs["input_ids"].shape[1]
+    uniforms = torch.stack([row_uniforms(config.seed, i, r, config.max_new_tokens) for _, i, r in rows])
+    sampler = _Sampler(uniforms, width, config)  # (rows, max_new_tokens) uniforms
+    out = model.generate(**inputs, generation_config=_generation_config(tokenizer, model, config.max_new_tokens),
+                         logits_processor=LogitsProcessorList([sampler]), use_cache=True)
+    return tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+
+
+def generate(backbone: Any, prompts: Sequence[str], max_new_tokens: int = 40, temperature: float = 1.0,
+             top_p: float = 0.9, top_k: int = 0, num_return_sequences: int = 1, batch_size: int = 32,
+             seed: int = 0, chat_template: bool = False) -> list[list[str]]:
+    """For each prompt, ``num_return_sequences`` continuations (new text only), in input order.
+
+    ``backbone`` is a causal-LM :class:`plmkit.backbones.Backbone` (``load_causal_lm``,
+    ``tiny_causal_lm``). ``batch_size`` counts generated sequences per forward pass. See the
+    module docstring for what the seed guarantees.
+    """
+    config = SamplingConfig(max_new_tokens, temperature, top_p, top_k, num_return_sequences, seed)
+    prompts = _check_prompts(prompts)
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    tokenizer, model = backbone.tokenizer, backbone.model
+    if tokenizer.pad_token_id is None:
+        raise ConfigError("the tokenizer has no pad token; load the model with plmkit.backbones.load_causal_lm")
+    texts = _prompt_texts(tokenizer, prompts, chat_template)
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=not chat_template)["input_ids"]]
+    rows = sorted(((texts[i], i, r) for i in range(len(texts)) for r in range(num_return_sequences)),
+                  key=lambda row: (-lengths[row[1]], row[1], row[2]))
+    results: list[list[str]] = [[""] * num_return_sequences for _ in prompts]
+    side, modes = tokenizer.padding_side, [(m, m.training) for m in model.modules()]
+    tokenizer.padding_side = "left"
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(rows), batch_size):
+                chunk = rows[start:start + batch_size]
+                for (_, i, r), text in zip(chunk, _generate_batch(backbone, chunk, config, not chat_template),
+                                           strict=True):
+                    results[i][r] = text
+    finally:
+        tokenizer.padding_side = side
+        for module, was_training in modes:
+            module.train(was_training)
+    return results
