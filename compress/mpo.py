@@ -14,6 +14,14 @@ Schmidt values of W across that bond, so truncation errors can be read off them:
   step of its discarded sigma^2 (each step projects onto a subspace nested in the previous ones, so
   the errors are orthogonal); and with tail_b the Schmidt tail of the untruncated W at bond b,
   max_b tail_b^2 <= ||W - W_hat||_F^2 <= sum_b tail_b^2.
+* truncating again is *not* orthogonal in general: the first sweep leaves W_1 = P_1(W), P_1 an
+  orthogonal projector onto the kept frames, so W - W_1 is orthogonal to range(P_1); but the
+  second sweep cuts bond 1 before bond 2, and the bond-2 frame it then keeps, taken after
+  projecting bond 1 anew, need not lie in the bond-2 frame P_1 kept. W_1 - W_2 can leave range(P_1)
+  and ||W - W_2||^2 = ||W - W_1||^2 + ||W_1 - W_2||^2 - 2 <W - W_1, W_2> has a cross term. (Cuts of
+  the central tensor's two bonds alone do stay nested, so ``mpo_budget`` adds their errors in squares.)
+  A re-truncated MPO therefore keeps the exact cores of the original (``origin``) and measures
+  ||W - W_2||^2 = ||W||^2 + ||W_2||^2 - 2 <W, W_2> by contracting the two chains (``inner``).
 
 Bonds are numbered 1..n-1: bond b sits between cores b-1 and b, so ``ranks`` has n+1 entries
 with ranks[0] = ranks[n] = 1.
@@ -108,7 +116,7 @@ def mpo_parameters(ranks: Sequence[int], in_factors: Sequence[int], out_factors:
 # ------------------------------------------------------------------------------ the MPO
 @dataclass
 class MPO:
-    """Cores of one matrix, centre ``centre``; ``discarded[b]`` holds what truncating bond b dropped."""
+    """Cores of one matrix, centre ``centre``; ``discarded[b]`` holds what every truncation of bond b dropped."""
 
     cores: list[torch.Tensor]
     in_factors: tuple[int, ...]
@@ -117,6 +125,12 @@ class MPO:
     spectra: dict[int, torch.Tensor] = field(default_factory=dict)
     """Schmidt values of every bond of the untruncated matrix (descending)."""
     discarded: dict[int, torch.Tensor] = field(default_factory=dict)
+    """Per bond, the singular values every truncation so far dropped there."""
+    origin: list[torch.Tensor] | None = None
+    """Cores of the untruncated matrix this MPO was cut from (None: this is it, or it is unknown)."""
+    nested: bool = True
+    """True while the discarded values add in squares to the error (one sweep from the exact MPO, then
+    central-bond cuts); a second sweep clears it and ``error`` is measured against ``origin``."""
 
     @property
     def ranks(self) -> list[int]:
@@ -130,7 +144,14 @@ class MPO:
         return sum(c.numel() for c in self.cores)
 
     def error(self) -> float:
-        """||W - W_hat||_F of the truncation, from the discarded singular values (exact, see module doc)."""
+        """||W - W_hat||_F against the original W (exact, see module doc).
+
+        From the discarded singular values while truncations were nested, else by contracting this
+        chain against ``origin``; without an origin, the discarded values are all there is.
+        """
+        if not self.nested and self.origin is not None:
+            squared = inner(self.origin, self.origin) + inner(self.cores, self.cores) - 2 * inner(self.origin, self.cores)
+            return math.sqrt(max(squared, 0.0))
         return math.sqrt(sum(float((s.double() ** 2).sum()) for s in self.discarded.values()))
 
     def error_bounds(self, ranks: Sequence[int] | None = None) -> tuple[float, float]:
@@ -144,6 +165,20 @@ class MPO:
 
     def truncate(self, ranks: Sequence[int]) -> MPO:
         return truncate(self, ranks)
+
+
+def inner(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
+    """<A, B>_F of two MPOs with the same factors, by transfer matrices (float64)."""
+    e = torch.ones(1, 1, dtype=torch.float64)
+    for x, y in zip(a, b, strict=True):
+        # (d, d') x (d, i, j, f) x (d', i, j, f') -> (f, f')
+        e = torch.einsum("ab,aijf,bijg->fg", e, x.double(), y.double())
+    return float(e.reshape(()))
+
+
+def origin_of(mpo: MPO) -> list[torch.Tensor] | None:
+    """The exact cores ``mpo`` was cut from: its own when untruncated, else its recorded origin."""
+    return mpo.origin if mpo.origin is not None else (list(mpo.cores) if not mpo.discarded else None)
 
 
 def contract_cores(cores: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -219,7 +254,11 @@ def truncate(mpo: MPO, ranks: Sequence[int]) -> MPO:
     move_centre(cores, c, 0)
     for k in range(c):
         cores[k], cores[k + 1], _, discarded[k + 1] = left_orthonormalise(cores[k], cores[k + 1], ranks[k + 1])
-    return MPO(cores, mpo.in_factors, mpo.out_factors, c, dict(mpo.spectra), discarded)
+    # Earlier truncations stay on the record; a second sweep is not nested (module doc).
+    for bond, dropped in mpo.discarded.items():
+        discarded[bond] = torch.cat([dropped, discarded.get(bond, dropped[:0])])
+    return MPO(cores, mpo.in_factors, mpo.out_factors, c, dict(mpo.spectra), discarded, origin_of(mpo),
+               nested=not mpo.discarded)
 
 
 # ------------------------------------------------------------------------------ decomposition

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from plmkit.compress.mpo import MPO, left_orthonormalise, mpo_parameters, right_orthonormalise
+from plmkit.compress.mpo import MPO, left_orthonormalise, mpo_parameters, origin_of, right_orthonormalise
 from plmkit.errors import ConfigError
 
 CHUNK = 0.05
@@ -68,7 +68,8 @@ def cut_central_bond(mpo: MPO, bond: int, keep: int) -> MPO:
         cores[c], cores[c + 1], _, dropped = left_orthonormalise(cores[c], cores[c + 1], keep)
         cores[c], cores[c + 1], _, _ = right_orthonormalise(cores[c], cores[c + 1])
     discarded[bond] = torch.cat([discarded.get(bond, dropped[:0]), dropped])
-    return MPO(cores, mpo.in_factors, mpo.out_factors, c, mpo.spectra, discarded)
+    # Central-bond cuts stay nested after a nested record (module doc of ``mpo``).
+    return MPO(cores, mpo.in_factors, mpo.out_factors, c, mpo.spectra, discarded, origin_of(mpo), mpo.nested)
 
 
 def _best_move(m: _Matrix, bond: int, excess: float | None) -> tuple[float, int, int] | None:

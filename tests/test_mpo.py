@@ -16,6 +16,7 @@ from plmkit.compress.mpo import (
     mpo_decompose,
     mpo_parameters,
 )
+from plmkit.compress.mpo_budget import shrink
 
 IN_F, OUT_F = (2, 3, 4, 2, 2), (2, 2, 3, 2, 3)  # 96 x 72: small, uneven, every bond meaningful
 
@@ -121,6 +122,33 @@ def test_truncating_several_bonds_obeys_the_proven_equality_and_bounds():
     assert actual <= math.sqrt(sum(tails)) + 1e-12
     assert cut.error_bounds() == pytest.approx((math.sqrt(max(tails)), math.sqrt(sum(tails))), rel=1e-9)
     _assert_canonical(cut)
+
+
+def test_truncating_a_truncated_mpo_reports_the_total_error_against_the_original():
+    """Re-truncation: error() is ||W - W_2|| against the original W, not the last step's ||W_1 - W_2||."""
+    weight = _weight(seed=2)
+    first = mpo_decompose(weight, IN_F, OUT_F).truncate([1, 4, 12, 12, 4, 1])
+    second = first.truncate([1, 3, 8, 10, 3, 1])
+    step = float((second.to_matrix() - first.to_matrix()).norm())
+    total = float((second.to_matrix() - weight).norm())
+    assert total > step * 1.01  # the first cut matters, so reporting only the last step would be wrong
+    assert second.error() == pytest.approx(total, rel=1e-9)
+    third = second.truncate(second.ranks)  # cutting nothing changes nothing
+    assert third.error() == pytest.approx(total, rel=1e-9)
+    budget = shrink([second], budget=second.num_parameters() * 3 // 4)[0]  # central cuts after a re-sweep
+    assert budget.error() == pytest.approx(float((budget.to_matrix() - weight).norm()), rel=1e-9)
+
+
+def test_central_cuts_after_one_sweep_add_in_squares():
+    """A sweep, then central-bond cuts: nested projections, so the discarded values give the exact error."""
+    weight = _weight(seed=3)
+    first = mpo_decompose(weight, IN_F, OUT_F).truncate([1, 4, 12, 12, 4, 1])
+    cut = shrink([first], budget=first.num_parameters() // 2)[0]
+    assert cut.nested and cut.origin is not None
+    step = float((cut.to_matrix() - first.to_matrix()).norm())
+    total = float((cut.to_matrix() - weight).norm())
+    assert cut.error() == pytest.approx(total, rel=1e-9)
+    assert total**2 == pytest.approx(first.error() ** 2 + step**2, rel=1e-9)
 
 
 def test_max_error_is_never_exceeded_and_param_budget_is_met():
