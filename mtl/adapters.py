@@ -22,7 +22,14 @@ from torch import nn
 from plmkit.backbones import backbone_signature
 from plmkit.errors import ConfigError
 from plmkit.handles import Handle
-from plmkit.saving import ModuleFolderError, check_backbone, read_module_config, read_module_folder
+from plmkit.mtl.registry import SourceKind, register_source_kind
+from plmkit.saving import (
+    ModuleFolderError,
+    check_backbone,
+    check_tensors,
+    read_module_config,
+    read_module_folder,
+)
 
 try:
     from plmkit.sites import find_feed_forward_sites, install_block
@@ -157,3 +164,37 @@ def load_adapter(path: str | Path, model: nn.Module, backbone_name: str = "",
         handle.detach()
         raise
     return handle, meta, head_tensors
+
+
+# ------------------------------------------------------------------------------ stage-1 kind
+def expected_adapter_shapes(config: AdapterConfig, hidden: int, num_layers: int) -> dict[str, torch.Size]:
+    """The tensors a saved adapter of ``config`` holds on a (hidden, num_layers) backbone."""
+    bottleneck = config.bottleneck(hidden)
+    per_layer = {"down.weight": (bottleneck, hidden), "down.bias": (bottleneck,),
+                 "up.weight": (hidden, bottleneck), "up.bias": (hidden,)}
+    return {f"layers.{i}.{name}": torch.Size(shape) for i in range(num_layers) for name, shape in per_layer.items()}
+
+
+def read_adapter(path: str | Path, model: nn.Module, source: str, backbone_name: str = ""
+                 ) -> tuple[AdapterConfig, dict[str, torch.Tensor]]:
+    """A saved adapter's config and tensors, checked against ``model`` (backbone and tensor shapes)."""
+    meta, tensors, _ = load_adapter_weights(path)
+    check_backbone(meta, model, source, backbone_name)
+    config = adapter_config_from_meta(meta, source)
+    signature = backbone_signature(model)
+    expected = expected_adapter_shapes(config, signature["hidden_size"], signature["num_layers"])
+    check_tensors(expected, tensors, source)
+    return config, tensors
+
+
+def stack_adapters(config: AdapterConfig, tensors: list[dict[str, torch.Tensor]], layer: int) -> nn.Module:
+    """N sources' adapters of one layer as one frozen ``SourceAdapters`` module."""
+    from plmkit.mtl.sources import SourceAdapters
+
+    prefix = f"layers.{layer}."
+    states = [{k[len(prefix):]: v for k, v in t.items() if k.startswith(prefix)} for t in tensors]
+    return SourceAdapters.from_layer_states(states, config.non_linearity)
+
+
+register_source_kind(SourceKind(name=KIND, config_class=AdapterConfig, attach=attach_adapters, save=save_adapter,
+                                load=load_adapter, read=read_adapter, stack=stack_adapters))

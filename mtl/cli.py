@@ -62,10 +62,12 @@ def register_adapters(sub: argparse._SubParsersAction) -> None:
 def cmd_transfer(args: argparse.Namespace) -> int:
     from plmkit.mtl.pipeline import TransferSetup, run_transfer
 
-    setup = build_dataclass(TransferSetup, args)
+    setup = build_dataclass(TransferSetup, args, method_options=_method_options(args))
     setup.methods()  # fail on an unknown method before any work
+    # --learning-rate is the transfer setup's (None: each method's default); every stage sets its own
     return run_job(args, "transfer", Path(setup.target).name,
-                   lambda trainer, run: run_transfer(setup, trainer, run), _print_transfer_summary)
+                   lambda trainer, run: run_transfer(setup, trainer, run), _print_transfer_summary,
+                   trainer_defaults={"learning_rate": setup.learning_rate or setup.source_learning_rate})
 
 
 def _print_transfer_summary(metrics: dict, run_path: Path) -> None:
@@ -97,7 +99,49 @@ def register_transfer(sub: argparse._SubParsersAction) -> None:
                     "rt-subjectivity (+ the target's own adapter), target rotten-tomatoes, method scalearn.")
     add_common(parser)
     add_dataclass_arguments(parser, TransferSetup, title="transfer")
+    add_method_flags(parser)
     add_dataclass_arguments(parser, TrainerConfig, title="stage-2 training",
                             exclude=("learning_rate", "seed", "metric", "greater_is_better"),
                             defaults={"output_dir": None, "epochs": 3, "batch_size": 32})
     parser.set_defaults(func=cmd_transfer, _parser=parser)
+
+
+def _method_flag_fields() -> dict[str, tuple[type, str]]:
+    """Flag destination -> (config class, config field) over every registered stage-2 method."""
+    from plmkit.mtl.registry import transfer_methods
+
+    flags: dict[str, tuple[type, str]] = {}
+    for method in transfer_methods().values():
+        for name, dest in method.cli_flags().items():
+            flags.setdefault(dest, (method.config_class, name))
+    return flags
+
+
+def add_method_flags(parser: argparse.ArgumentParser) -> None:
+    """Each registered method's own flags (``--fusion-value``, ``--scalearn-dropout``, ...), documented
+    by its config's field docstrings; a flag another group already defines is not added twice."""
+    import dataclasses
+    import typing
+
+    from plmkit.cliargs import _base_type, field_docs
+
+    taken = {action.dest for action in parser._actions}
+    group = parser.add_argument_group("method options")
+    for dest, (cls, name) in _method_flag_fields().items():
+        if dest in taken:
+            continue
+        default = next(f.default for f in dataclasses.fields(cls) if f.name == name)
+        kind = _base_type(typing.get_type_hints(cls)[name])
+        help_text = f"{field_docs(cls).get(name, '')} (default: {default})".strip().replace("%", "%%")
+        flag = f"--{dest.replace('_', '-')}"
+        if kind is bool:
+            group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+        else:
+            spellings = [flag, f"--{dest}"] if "_" in dest else [flag]
+            group.add_argument(*spellings, dest=dest, type=kind, default=default, help=help_text,
+                               metavar=kind.__name__.upper())
+
+
+def _method_options(args: argparse.Namespace) -> dict:
+    values = vars(args)
+    return {dest: values[dest] for dest in _method_flag_fields() if dest in values}

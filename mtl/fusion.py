@@ -12,18 +12,22 @@ its gradient one step late). ``value=False`` is the "static" variant (no value m
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from plmkit.errors import ConfigError
+from plmkit.mtl.registry import TransferMethod, register_transfer_method
 from plmkit.mtl.sources import SourceAdapters
 
 
 @dataclass
 class FusionConfig:
+    default_learning_rate: ClassVar[float] = 5e-5
+    cli_flags: ClassVar[dict[str, str]] = {"value": "fusion_value", "temperature": "fusion_temperature"}
+
     value: bool = True
     """Learn a value matrix W_v ('dynamic', the default); False is 'static' fusion."""
     dropout: float = 0.1
@@ -69,12 +73,19 @@ class FusionBlock(nn.Module):
             nn.Parameter(torch.full((hidden, hidden), 1e-6).fill_diagonal_(1.0)) if config.value else None
         )
         start = 50.0 if config.temperature else 1.0
-        self.register_buffer("temperature", torch.tensor(start))
+        self.register_buffer("temperature", torch.tensor(start, dtype=torch.float32))
         self.temperature_step = start / 1000.0
         self.regularization_term: torch.Tensor | None = None
         self.recording = False
         self.register_buffer("recorded_probs", torch.zeros(sources.num_sources), persistent=False)
         self.register_buffer("recorded_tokens", torch.zeros(()), persistent=False)
+
+    def _apply(self, fn, recurse=True):  # noqa: ANN001, ANN202 - nn.Module's own signature
+        """Cast like any module, but keep the temperature in float32: in bf16, 50 − 0.05 rounds back to 50."""
+        temperature = self.temperature.float().clone()
+        super()._apply(fn, recurse)
+        self.temperature = temperature.to(self.temperature.device)
+        return self
 
     def attention(self, adapter_input: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
         """Softmax weights over sources, (batch, seq, N), from the fast form of q·k_i."""
@@ -117,3 +128,11 @@ class FusionBlock(nn.Module):
     def source_weights(self) -> torch.Tensor:
         """Mean attention per source over the tokens seen while recording."""
         return self.recorded_probs / self.recorded_tokens.clamp_min(1.0)
+
+
+def build_fusion_block(sources: SourceAdapters, config: FusionConfig, shared: dict) -> FusionBlock:
+    return FusionBlock(sources, config)
+
+
+register_transfer_method(TransferMethod("fusion", FusionConfig, build_block=build_fusion_block,
+                                        weights_label="mean attention (validation)"))

@@ -13,7 +13,7 @@ import copy
 import logging
 import statistics
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +22,12 @@ from plmkit.backbones import DEFAULT_ENCODER, Backbone, load_encoder
 from plmkit.errors import ConfigError
 from plmkit.memory import peak_memory_mb, reset_peak_memory
 from plmkit.models import build_classifier
-from plmkit.mtl.adapters import AdapterConfig, attach_adapters, save_adapter
-from plmkit.mtl.fusion import FusionConfig
-from plmkit.mtl.scalearn import ScaLearnConfig
+from plmkit.mtl.adapters import KIND, AdapterConfig
+from plmkit.mtl.fingerprint import backbone_fingerprint, data_fingerprint
+from plmkit.mtl.registry import transfer_method, transfer_methods
+from plmkit.mtl.stage1 import train_source
 from plmkit.mtl.store import AdapterStore, store_key
-from plmkit.mtl.transfer import METHODS as STAGE2_METHODS
-from plmkit.mtl.transfer import Composition, SourceRef, TransferHandle, attach_transfer, save_transfer
+from plmkit.mtl.transfer import Composition, SourceRef, attach_transfer
 from plmkit.report import plot_heatmap
 from plmkit.runs import RunFolder, environment
 from plmkit.tasks import Task, load_task
@@ -35,10 +35,6 @@ from plmkit.textclf import TaskData, train_classifier
 from plmkit.trainer import TrainerConfig, seed_everything
 
 logger = logging.getLogger("plmkit")
-
-ALL_METHODS = ("adapter", "full", "fusion", *[m for m in STAGE2_METHODS if m != "fusion"])
-DEFAULT_LEARNING_RATES = {"adapter": 1e-3, "full": 2e-5, "fusion": 5e-5, "scalearn": 6e-3,
-                          "scalearn-uniform": 6e-3, "scalearn++": 6e-3, "scalearn-uniform++": 6e-3}
 
 
 @dataclass
@@ -50,7 +46,7 @@ class TransferSetup:
     target: str = "rotten-tomatoes"
     """The target task."""
     method: str = "scalearn"
-    """adapter, full, fusion, scalearn, scalearn-uniform, scalearn++ or scalearn-uniform++."""
+    """A registered method: adapter, full, fusion, scalearn, scalearn-uniform, scalearn++, scalearn-uniform++."""
     compare: str | None = None
     """Comma-separated methods to run on the same split and seeds ('all' for every method)."""
     seeds: str = "42"
@@ -79,28 +75,24 @@ class TransferSetup:
     source_learning_rate: float = 1e-3
     reduction_factor: int = 16
     """Bottleneck of the source adapters: hidden / reduction_factor."""
-    fusion_value: bool = True
-    """AdapterFusion with a value matrix ('dynamic'); --no-fusion-value gives 'static' fusion."""
-    fusion_temperature: bool = False
-    """Anneal AdapterFusion's softmax temperature from 50 to 1."""
-    scalearn_dropout: float | None = None
-    """Dropout on ScaLearn's scales (None: 0.3, or 0 for scalearn-uniform++)."""
-    scalearn_mean_one: float = 0.0
-    """Weight of ScaLearn's optional mean-one regulariser (0 disables it)."""
+    method_options: dict[str, Any] = field(default_factory=dict)
+    """Values of the methods' own flags by flag name (``fusion_value``, ``scalearn_dropout``, ...)."""
+
+    def method_config(self, method: str) -> Any:
+        """The config of ``method`` from its flags (unset flags keep the config's defaults)."""
+        return transfer_method(method).make_config({"reduction_factor": self.reduction_factor,
+                                                    **self.method_options})
 
     def composition(self, method: str, refs: list[SourceRef]) -> Composition:
-        if method == "fusion":
-            fusion = FusionConfig(value=self.fusion_value, temperature=self.fusion_temperature)
-            return Composition(method=method, sources=refs, fusion=fusion)
-        scalearn = ScaLearnConfig(variant=method, dropout=self.scalearn_dropout, mean_one=self.scalearn_mean_one)
-        return Composition(method=method, sources=refs, scalearn=scalearn)
+        return Composition(method=method, sources=refs, config=self.method_config(method))
 
     def methods(self) -> list[str]:
-        names = ALL_METHODS if self.compare == "all" else (self.compare.split(",") if self.compare else [self.method])
+        known = transfer_methods()
+        names = list(known) if self.compare == "all" else (self.compare.split(",") if self.compare else [self.method])
         names = [n.strip() for n in names if n.strip()]
-        unknown = [n for n in names if n not in ALL_METHODS]
+        unknown = [n for n in names if n not in known]
         if unknown:
-            raise ConfigError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(ALL_METHODS)}")
+            raise ConfigError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(known)}")
         return names
 
     def seed_list(self) -> list[int]:
@@ -126,49 +118,56 @@ def _limit(value: int | None) -> int | None:
 
 
 # ------------------------------------------------------------------------------ stage 1
-def source_adapter(backbone: Backbone, task_spec: str, setup: TransferSetup, base: TrainerConfig,
-                   store: AdapterStore, run: RunFolder) -> SourceRef:
-    """Reuse the stored adapter for ``task_spec`` or train it now and store it."""
-    adapter_config = AdapterConfig(reduction_factor=setup.reduction_factor)
-    settings = {"data_seed": setup.data_seed, "max_train_samples": _limit(setup.source_max_train_samples),
-                "max_eval_samples": _limit(setup.source_max_eval_samples),
-                "max_length": setup.max_length, "pooling": setup.pooling, "adapter": asdict(adapter_config),
-                "epochs": setup.source_epochs, "learning_rate": setup.source_learning_rate,
-                "batch_size": base.batch_size}
-    key = store_key(backbone.signature(), task_spec, settings)
-    found = store.get(key)
-    if found is not None:
-        logger.info("stage 1: reusing %s adapter from %s", task_spec, found)
-        return SourceRef(_display_name(task_spec), str(found), key)
-    logger.info("stage 1: training the %s adapter (store key %s)", task_spec, key)
+def source_settings(setup: TransferSetup, base: TrainerConfig) -> dict[str, Any]:
+    """The stage-1 settings that shape a source module (part of its store key)."""
+    return {"max_length": setup.max_length, "pooling": setup.pooling, "epochs": setup.source_epochs,
+            "learning_rate": setup.source_learning_rate, "batch_size": base.batch_size, "seed": 0}
+
+
+def source_module(backbone: Backbone, task_spec: str, setup: TransferSetup, base: TrainerConfig,
+                  store: AdapterStore, run: RunFolder, kind: str = KIND) -> SourceRef:
+    """Reuse the stored ``kind`` module for ``task_spec`` or train it now (under the key's lock) and store it."""
+    config = AdapterConfig(reduction_factor=setup.reduction_factor)
     task = load_task(task_spec, seed=setup.data_seed, max_train_samples=_limit(setup.source_max_train_samples),
                      max_eval_samples=_limit(setup.source_max_eval_samples))
-    model = copy.deepcopy(backbone.model)
-    handle = attach_adapters(model, adapter_config)
-    classifier = build_classifier(model, task.num_labels, pooling=setup.pooling)
-    data = TaskData(task, backbone.tokenizer, setup.max_length)
-    config = replace(base, output_dir=str(run.path / "stage1" / task.name), epochs=setup.source_epochs,
-                     max_steps=None, learning_rate=setup.source_learning_rate, seed=0, metric=None,
-                     early_stopping_patience=None, resume=False)
-    result = train_classifier(classifier, data, config)
-    classifier.float()
-    folder = run.path / "stage1" / task.name / "adapter"
-    if distributed.is_main_process():
-        best = next((h for h in result.history if h["step"] == result.best_step), None)
-        save_adapter(folder, handle, head=classifier.head, backbone_name=backbone.name,
-                     extra={"task": task.describe(), "label_names": task.label_names, "validation": best})
-        store.put(key, folder)
-    distributed.barrier()
-    return SourceRef(_display_name(task_spec), str(store.path(key)), key)
+    settings = {**source_settings(setup, base), "config": asdict(config), "data": data_fingerprint(task),
+                "weights": backbone_fingerprint(backbone.model, store.root / ".fingerprints.json")}
+    key = store_key(backbone.signature(), task_spec, settings, kind=kind)
+    trainer = replace(base, epochs=setup.source_epochs, max_steps=None, learning_rate=setup.source_learning_rate,
+                      seed=settings["seed"], metric=None, early_stopping_patience=None, resume=False)
+    folder = run.path / "stage1" / task.name
+
+    def train() -> Path:
+        logger.info("stage 1: training the %s %s (store key %s)", task_spec, kind, key)
+        train_source(copy.deepcopy(backbone.model), backbone, task, kind, config, trainer, folder / kind,
+                     max_length=setup.max_length, pooling=setup.pooling, train_folder=folder)
+        return folder / kind
+
+    if distributed.world_size() > 1:  # all ranks train together (no per-rank lock); the main rank stores
+        found = store.get(key)
+        reused = found is not None
+        if not reused:
+            train()
+            if distributed.is_main_process():
+                store.put(key, folder / kind)
+            distributed.barrier()
+        path = store.path(key)
+    else:
+        path, reused = store.get_or_put(key, train)
+    if reused:
+        logger.info("stage 1: reusing %s %s from %s", task_spec, kind, path)
+    return SourceRef(_display_name(task_spec), str(path), key, kind)
+
+
+source_adapter = source_module  # the earlier name
 
 
 # ------------------------------------------------------------------------------ stage 2
 def _attach(method: str, model, refs: list[SourceRef], setup: TransferSetup, backbone: Backbone):
-    if method in STAGE2_METHODS:
+    spec = transfer_method(method)
+    if spec.uses_sources:
         return attach_transfer(model, setup.composition(method, refs), backbone.name)
-    if method == "adapter":
-        return attach_adapters(model, AdapterConfig(reduction_factor=setup.reduction_factor))
-    return None  # full fine-tuning: everything trains
+    return spec.attach(model, setup.method_config(method))
 
 
 def run_method(method: str, seed: int, refs: list[SourceRef], backbone: Backbone, data: TaskData,
@@ -178,18 +177,18 @@ def run_method(method: str, seed: int, refs: list[SourceRef], backbone: Backbone
     model = copy.deepcopy(backbone.model)
     handle = _attach(method, model, refs, setup, backbone)
     classifier = build_classifier(model, data.task.num_labels, pooling=setup.pooling)
-    learning_rate = setup.learning_rate or DEFAULT_LEARNING_RATES[method]
+    learning_rate = setup.learning_rate or transfer_method(method).default_learning_rate
     config = replace(base, output_dir=str(run.path / f"{method}-seed{seed}"), seed=seed,
                      learning_rate=learning_rate, metric=None)
     reset_peak_memory()
     started = time.perf_counter()
-    regularizer = handle.regularization if isinstance(handle, TransferHandle) else None
+    regularizer = getattr(handle, "regularization", None)
     result = train_classifier(classifier, data, config, regularizer=regularizer)
     train_time, peak = time.perf_counter() - started, peak_memory_mb()
     classifier.float()
     transfer_params = handle.num_parameters() if handle is not None else 0
     trainable = sum(p.numel() for p in classifier.parameters() if p.requires_grad)
-    with handle.recording() if isinstance(handle, TransferHandle) else contextlib.nullcontext():
+    with handle.recording() if hasattr(handle, "recording") else contextlib.nullcontext():
         validation = data.evaluate(classifier, "validation")
     return {
         "method": method, "seed": seed, "learning_rate": learning_rate,
@@ -202,11 +201,11 @@ def run_method(method: str, seed: int, refs: list[SourceRef], backbone: Backbone
 
 def _heatmap(outcome: dict[str, Any], refs: list[SourceRef], run: RunFolder) -> str | None:
     handle = outcome["_handle"]
-    if not isinstance(handle, TransferHandle) or not distributed.is_main_process():
+    if not hasattr(handle, "source_weights") or not distributed.is_main_process():
         return None
     weights = handle.source_weights().numpy()  # (layers, sources)
     method = outcome["method"]
-    label = "mean attention (validation)" if method == "fusion" else "mean scale ω"
+    label = transfer_method(method).weights_label
     path = run.path / f"source_weights_{method}.png"
     plot_heatmap(weights, [f"layer {i}" for i in range(weights.shape[0])], [r.name for r in refs], path,
                  title=f"{method}: per-layer weight of each source", colorbar_label=label)
@@ -241,8 +240,8 @@ def run_transfer(setup: TransferSetup, base: TrainerConfig, run: RunFolder) -> d
                 len(target.validation), len(target.test))
     store = AdapterStore(setup.store)
     specs = setup.source_list() + ([setup.target] if setup.include_target_adapter else [])
-    needs_sources = any(m in STAGE2_METHODS for m in methods)
-    refs = [source_adapter(backbone, spec, setup, base, store, run) for spec in specs] if needs_sources else []
+    needs_sources = any(transfer_method(m).uses_sources for m in methods)
+    refs = [source_module(backbone, spec, setup, base, store, run) for spec in specs] if needs_sources else []
     run.write_json("config.json", {
         "job": "transfer", "setup": asdict(setup), "trainer": asdict(base), "backbone": backbone.signature(),
         "target": target.describe(), "sources": [asdict(r) for r in refs], "environment": environment(),
@@ -265,11 +264,8 @@ def _save_first(outcome: dict[str, Any], target: Task, backbone: Backbone, run: 
     if not distributed.is_main_process():
         return
     extra = {"task": target.describe(), "label_names": target.label_names, "metrics": outcome["test"]}
-    folder = run.path / f"model-{outcome['method']}"
-    if isinstance(handle, TransferHandle):
-        save_transfer(folder, handle, head=head, backbone_name=backbone.name, extra=extra)
-    elif handle is not None:
-        save_adapter(folder, handle, head=head, backbone_name=backbone.name, extra=extra)
+    if handle is not None:
+        handle.save(run.path / f"model-{outcome['method']}", head=head, backbone_name=backbone.name, extra=extra)
 
 
 def _metrics(outcomes: list[dict[str, Any]], target: Task, refs: list[SourceRef], plots: dict,

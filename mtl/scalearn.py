@@ -17,13 +17,14 @@ whatever N is, gradients only to ω. The optional mean-one regulariser adds
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from plmkit.errors import ConfigError
+from plmkit.mtl.registry import TransferMethod, register_transfer_method
 from plmkit.mtl.sources import SourceAdapters
 
 VARIANTS = {  # name -> (per-dimension scales, shared across layers)
@@ -36,6 +37,9 @@ VARIANTS = {  # name -> (per-dimension scales, shared across layers)
 
 @dataclass
 class ScaLearnConfig:
+    default_learning_rate: ClassVar[float] = 6e-3
+    cli_flags: ClassVar[dict[str, str]] = {"dropout": "scalearn_dropout", "mean_one": "scalearn_mean_one"}
+
     variant: str = "scalearn"
     """scalearn, scalearn-uniform, scalearn++ or scalearn-uniform++."""
     dropout: float | None = None
@@ -81,13 +85,15 @@ def init_scales(num_sources: int, width: int, std: float) -> nn.Parameter:
 class ScaleBlock(nn.Module):
     """One layer's ScaLearn; a site block: ``forward(adapter_input, residual) -> o``."""
 
-    def __init__(self, sources: SourceAdapters, config: ScaLearnConfig, scales: nn.Parameter | None = None) -> None:
+    def __init__(self, sources: SourceAdapters, config: ScaLearnConfig, scales: nn.Parameter | None = None,
+                 owns_scales: bool | None = None) -> None:
         super().__init__()
         self.sources = sources
         self.config = config
         width = sources.hidden_size if config.per_dimension else 1
-        # For ++ variants every layer's block registers the same Parameter object.
-        self.owns_scales = scales is None
+        # For ++ variants every layer's block registers the same Parameter object; exactly one block
+        # (the first) owns it and adds its mean-one term, so the regulariser counts the set once.
+        self.owns_scales = scales is None if owns_scales is None else owns_scales
         self.scales = scales if scales is not None else init_scales(sources.num_sources, width, config.init_std)
         self.regularization_term: torch.Tensor | None = None
 
@@ -104,3 +110,19 @@ class ScaleBlock(nn.Module):
     def source_weights(self) -> torch.Tensor:
         """Mean scale per source (over hidden dimensions)."""
         return self.scales.detach().float().mean(-1)
+
+
+def build_scale_block(sources: SourceAdapters, config: ScaLearnConfig, shared: dict) -> ScaleBlock:
+    """One layer's block; ++ variants create the shared scales at the first layer, which owns them."""
+    if not config.shared:
+        return ScaleBlock(sources, config)
+    owner = "scales" not in shared
+    if owner:
+        width = sources.hidden_size if config.per_dimension else 1
+        shared["scales"] = init_scales(sources.num_sources, width, config.init_std)
+    return ScaleBlock(sources, config, scales=shared["scales"], owns_scales=owner)
+
+
+for _variant in VARIANTS:
+    register_transfer_method(TransferMethod(_variant, ScaLearnConfig, build_block=build_scale_block,
+                                            fixed={"variant": _variant}, weights_label="mean scale ω"))

@@ -1,7 +1,7 @@
 """Stage 1: train one bottleneck adapter (plus a task head) on a task over a frozen backbone.
 
-This is the job behind ``plmkit adapters train``; the transfer pipeline calls it for every source
-task whose adapter is not stored yet.
+``train_source`` is the one stage-1 path for every kind: ``plmkit adapters train`` calls it through
+``train_adapter``, and the transfer pipeline calls it for every source whose module is not stored yet.
 """
 
 from __future__ import annotations
@@ -9,18 +9,21 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from plmkit import distributed
-from plmkit.backbones import DEFAULT_ENCODER, load_encoder
+from plmkit.backbones import DEFAULT_ENCODER, Backbone, load_encoder
+from plmkit.jobs import finetune_and_evaluate
 from plmkit.models import build_classifier
-from plmkit.mtl.adapters import AdapterConfig, attach_adapters, save_adapter
+from plmkit.mtl.adapters import KIND, AdapterConfig
+from plmkit.mtl.registry import source_kind
 from plmkit.report import plot_training_curves
 from plmkit.runs import RunFolder, environment
-from plmkit.tasks import load_task
-from plmkit.textclf import TaskData, train_classifier
+from plmkit.tasks import Task, load_task
+from plmkit.textclf import TaskData
 from plmkit.trainer import TrainerConfig, seed_everything
 
 logger = logging.getLogger("plmkit")
@@ -65,39 +68,60 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     return trainable, sum(p.numel() for p in model.parameters())
 
 
+@dataclass
+class SourceResult:
+    """What ``train_source`` produced: scores, the trained classifier and its stage-1 handle."""
+
+    metrics: dict[str, Any]
+    handle: Any
+    classifier: torch.nn.Module
+    folder: Path
+
+
+def train_source(model: torch.nn.Module, backbone: Backbone, task: Task, kind: str, config: Any,
+                 trainer: TrainerConfig, folder: str | Path, *, max_length: int = 128, pooling: str = "mean",
+                 train_folder: str | Path | None = None) -> SourceResult:
+    """The one stage-1 path: seed, attach ``kind`` to ``model``, train with a head, score, save to ``folder``.
+
+    Torch is seeded (``trainer.seed``) *before* the module and head are initialised, so the same
+    command on the same data gives the same module bit for bit.
+    """
+    spec = source_kind(kind)
+    seed_everything(trainer.seed)
+    handle = spec.attach(model, config)
+    classifier = build_classifier(model, task.num_labels, pooling=pooling)
+    trainable, total = count_parameters(classifier)
+    logger.info("backbone %s (%s, %d parameters); training %d %s + head parameters",
+                backbone.name, backbone.config.model_type, total - trainable, trainable, kind)
+    data = TaskData(task, backbone.tokenizer, max_length)
+    scores = finetune_and_evaluate(classifier, data, trainer, train_folder)
+    metrics = {"task": task.name, "backbone": backbone.name, "kind": kind, "metric": task.metric, **scores,
+               "trainable_parameters": trainable, "adapter_parameters": handle.num_parameters(),
+               "total_parameters": total}
+    if distributed.is_main_process():
+        spec.save(folder, handle, head=classifier.head, backbone_name=backbone.name,
+                  extra={"task": task.describe(), "label_names": task.label_names, "max_length": max_length,
+                         "validation": scores["validation"]})
+    return SourceResult(metrics, handle, classifier, Path(folder))
+
+
 def train_adapter(setup: TaskSetup, adapter_config: AdapterConfig, trainer_config: TrainerConfig,
                   run: RunFolder) -> dict[str, Any]:
     """Train an adapter + head on ``setup.task``; write the adapter and metrics into ``run``."""
     started = time.perf_counter()
-    seed_everything(trainer_config.seed)
     task = setup.load_task()
     logger.info("task %s: %d train / %d validation / %d test examples", task.name, len(task.train),
                 len(task.validation), len(task.test))
     backbone = load_encoder(setup.backbone)
-    handle = attach_adapters(backbone.model, adapter_config)
-    model = build_classifier(backbone.model, task.num_labels, pooling=setup.pooling)
-    trainable, total = count_parameters(model)
-    logger.info("backbone %s (%s, %d parameters); training %d adapter + head parameters",
-                backbone.name, backbone.config.model_type, total - trainable, trainable)
     run.write_json("config.json", {
         "job": "adapters train", "setup": asdict(setup), "adapter": asdict(adapter_config),
         "trainer": asdict(trainer_config), "backbone": backbone.signature(), "task": task.describe(),
         "environment": environment(),
     })
-    data = TaskData(task, backbone.tokenizer, setup.max_length)
-    result = train_classifier(model, data, trainer_config)
-    model.float()
-    metrics = {
-        "task": task.name, "backbone": backbone.name, "metric": task.metric,
-        "validation": data.evaluate(model, "validation"), "test": data.evaluate(model, "test"),
-        "trainable_parameters": trainable, "adapter_parameters": handle.num_parameters(),
-        "total_parameters": total, "train": result.to_dict(),
-        "wall_time_s": time.perf_counter() - started,
-    }
+    result = train_source(backbone.model, backbone, task, KIND, adapter_config, trainer_config,
+                          run.path / "adapter", max_length=setup.max_length, pooling=setup.pooling)
+    metrics = {**result.metrics, "wall_time_s": time.perf_counter() - started}
     if distributed.is_main_process():
-        save_adapter(run.path / "adapter", handle, head=model.head, backbone_name=backbone.name,
-                     extra={"task": task.describe(), "label_names": task.label_names,
-                            "max_length": setup.max_length})
         run.write_json("metrics.json", metrics)
         plot_training_curves(run.path / "train_log.jsonl", run.path / "training_curves.png", task.metric)
     return metrics

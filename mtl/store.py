@@ -1,20 +1,31 @@
-"""The adapter store: stage-1 adapters keyed by backbone, task and adapter config, trained once.
+"""The source store: stage-1 modules keyed by backbone, kind, task and content, trained once.
 
-A key is readable (``<backbone>/<task>/<hash>``) and its hash covers everything that changes the
-adapter: the backbone's name and shape, the task spec with its data split settings, the adapter
-config and the stage-1 training settings. Entries are written atomically, so an interrupted run
-never leaves a half-written adapter that a later run would reuse.
+A key is readable (``<backbone>/<kind>/<task>/<hash>``) and its hash covers everything that changes
+the module: the backbone's name, shape and a fingerprint of its weights, the kind and its config,
+the task spec with a fingerprint of the rows actually used (after splitting and subsampling) and
+the stage-1 training settings (see ``mtl.fingerprint``). Rewriting a data file or a local
+backbone's weights therefore changes the key, and the module is retrained rather than reused.
+
+Concurrency: ``locked(key)`` holds a per-key file lock (the asset cache's lock helper), so a second
+run that needs the same source waits, then finds and reuses the entry. ``put`` copies into a unique
+staging folder and renames it into place, so a reader sees a whole entry or none.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from plmkit.saving import CONFIG, WEIGHTS
 
 
 def default_store_dir() -> Path:
@@ -31,14 +42,27 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(text).name or text).strip("_") or "x"
 
 
-def store_key(backbone: dict[str, Any], task: str, settings: dict[str, Any]) -> str:
-    """``<backbone>/<task>/<12-hex hash of everything that shapes the adapter>``."""
-    payload = json.dumps({"backbone": backbone, "task": task, **settings}, sort_keys=True, default=str)
+def store_key(backbone: dict[str, Any], task: str, settings: dict[str, Any], kind: str = "adapter") -> str:
+    """``<backbone>/<kind>/<task>/<12-hex hash of everything that shapes the module>``."""
+    payload = json.dumps({"backbone": backbone, "task": task, "kind": kind, **settings}, sort_keys=True, default=str)
     digest = hashlib.sha256(payload.encode()).hexdigest()[:12]
-    return f"{_slug(backbone.get('name') or backbone['model_type'])}/{_slug(task)}/{digest}"
+    return f"{_slug(backbone.get('name') or backbone['model_type'])}/{_slug(kind)}/{_slug(task)}/{digest}"
+
+
+@dataclass(frozen=True)
+class StoreEntry:
+    """One complete entry of the store."""
+
+    key: str
+    backbone: str
+    kind: str
+    task: str
+    path: Path
 
 
 class AdapterStore:
+    """Stage-1 modules of every kind under one root folder."""
+
     def __init__(self, root: str | Path | None = None) -> None:
         self.root = Path(root) if root else default_store_dir()
 
@@ -47,17 +71,62 @@ class AdapterStore:
 
     def get(self, key: str) -> Path | None:
         path = self.path(key)
-        complete = (path / "config.json").is_file() and (path / "weights.safetensors").is_file()
+        complete = (path / CONFIG).is_file() and (path / WEIGHTS).is_file()
         return path if complete else None
 
+    def list(self, backbone: str | None = None, kind: str | None = None) -> list[StoreEntry]:
+        """Complete entries, optionally of one backbone (name or slug) and one kind."""
+        entries = []
+        for config in sorted(self.root.glob(f"*/*/*/*/{CONFIG}")):
+            folder = config.parent
+            if folder.name.startswith(".") or not (folder / WEIGHTS).is_file():
+                continue  # staging folders and incomplete entries are not entries
+            key = folder.relative_to(self.root).as_posix()
+            name, entry_kind, task, _ = key.split("/")
+            if (backbone is None or name == _slug(backbone)) and (kind is None or entry_kind == kind):
+                entries.append(StoreEntry(key, name, entry_kind, task, folder))
+        return entries
+
+    @contextlib.contextmanager
+    def locked(self, key: str) -> Iterator[None]:
+        """Hold the per-key lock: one process at a time trains (or writes) the entry for ``key``."""
+        try:
+            from plmkit.assets.cache import lock as _lock
+        except ImportError:  # the single-module layout of the asset cache
+            from plmkit.assets import _lock
+
+        name = "store-" + hashlib.sha256(str(self.path(key).resolve()).encode()).hexdigest()[:24]
+        with _lock(name, quiet=True):
+            yield
+
     def put(self, key: str, folder: str | Path) -> Path:
-        """Move a finished adapter folder into the store (same-filesystem rename when possible)."""
+        """Copy a finished module folder into the store under the key's lock."""
+        with self.locked(key):
+            return self._install(key, folder)
+
+    def _install(self, key: str, folder: str | Path) -> Path:
+        """Stage under a unique name, then rename: readers see the old entry, the new one or none."""
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
-        staging = target.with_name(f".{target.name}.incoming")
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(folder, staging)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".incoming"))
+        try:
+            shutil.copytree(folder, staging, dirs_exist_ok=True)
+            old = None
+            if target.exists():
+                old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".old"))
+                os.replace(target, old / "entry")
+            os.replace(staging, target)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         return target
+
+    def get_or_put(self, key: str, build: Callable[[], str | Path]) -> tuple[Path, bool]:
+        """(entry, reused): the stored entry, or ``build()``'s folder stored under the lock."""
+        with self.locked(key):
+            found = self.get(key)
+            if found is not None:
+                return found, True
+            return self._install(key, build()), False

@@ -1,9 +1,10 @@
-"""Stage 2 over frozen source adapters: compose, attach, save and load a transfer setup.
+"""Stage 2 over frozen source modules: compose, attach, save and load a transfer setup.
 
-A setup is data (``Composition``): which method, which variant, which sources (by adapter-store
-key and folder). ``attach_transfer`` turns it into one block per layer over a frozen backbone;
-``save_transfer`` writes the composition, the transfer weights and the head — never the sources —
-and ``load_transfer`` rebuilds exactly what was trained.
+A setup is data (``Composition``): which registered method, its config, and which sources (each
+with its stage-1 kind, folder and store key). ``attach_transfer`` looks the method up in the
+registry and builds one block per layer over the stacked frozen sources; ``save_transfer`` writes
+the composition, the transfer weights and the head — never the sources — and ``load_transfer``
+rebuilds exactly what was trained (also from setups saved with one field per method).
 """
 
 from __future__ import annotations
@@ -19,61 +20,72 @@ from torch import nn
 
 from plmkit.errors import ConfigError
 from plmkit.handles import Handle
-from plmkit.mtl.adapters import AdapterLoadError, check_backbone, load_adapter_weights
-from plmkit.mtl.fusion import FusionBlock, FusionConfig
-from plmkit.mtl.scalearn import VARIANTS, ScaLearnConfig, ScaleBlock, init_scales
-from plmkit.mtl.sites import find_feed_forward_sites, install_block
-from plmkit.mtl.sources import SourceAdapters
-from plmkit.saving import read_module_folder
+from plmkit.mtl.registry import TransferMethod, source_kind, transfer_method, transfer_methods
+from plmkit.saving import ModuleFolderError, check_backbone, read_module_folder
+
+try:
+    from plmkit.sites import find_feed_forward_sites, install_block
+except ImportError:  # the site table still lives in this package
+    from plmkit.mtl.sites import find_feed_forward_sites, install_block
 
 FORMAT = "plmkit-transfer"
-METHODS = ("fusion", *VARIANTS)
+METHODS = tuple(name for name, method in transfer_methods().items() if method.uses_sources)
+"""The built-in stage-2 methods over sources (the registry is the live list)."""
+LEGACY_CONFIG_FIELDS = ("fusion", "scalearn")
+"""One config field per method, as setups saved before the registry wrote them."""
 
 
 @dataclass
 class SourceRef:
-    """A source adapter: its task name, its folder, and its adapter-store key (if stored)."""
+    """A source module: its task name, its folder, its store key (if stored) and its stage-1 kind."""
 
     name: str
     path: str
     key: str | None = None
+    kind: str = "adapter"
 
 
 @dataclass
 class Composition:
-    """A stage-2 setup as data: method, its config, and the ordered sources."""
+    """A stage-2 setup as data: a registered method, its config, and the ordered sources."""
 
     method: str
     sources: list[SourceRef]
-    fusion: FusionConfig | None = None
-    scalearn: ScaLearnConfig | None = None
+    config: Any = None
+    """The method's config (its registered class); None builds the default."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ConfigError(f"unknown transfer method {self.method!r}; choose one of {', '.join(METHODS)}")
+        spec = self.spec
+        if not spec.uses_sources:
+            raise ConfigError(f"{self.method!r} uses no source modules; it is not a transfer setup")
         if not self.sources:
-            raise ConfigError("a transfer setup needs at least one source adapter")
-        if self.method == "fusion":
-            self.fusion = self.fusion or FusionConfig()
-        else:
-            self.scalearn = self.scalearn or ScaLearnConfig(variant=self.method)
-            if self.scalearn.variant != self.method:
-                raise ConfigError(f"method {self.method!r} but ScaLearn variant {self.scalearn.variant!r}")
+            raise ConfigError("a transfer setup needs at least one source module")
+        self.config = self.config if self.config is not None else spec.make_config()
+        spec.check_config(self.config)
+        kinds = sorted({s.kind for s in self.sources} - set(spec.source_kinds))
+        if kinds:
+            raise ConfigError(f"method {self.method!r} composes {', '.join(spec.source_kinds)} sources, "
+                              f"not {', '.join(kinds)}")
+
+    @property
+    def spec(self) -> TransferMethod:
+        return transfer_method(self.method)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method, "sources": [asdict(s) for s in self.sources],
-                "fusion": self.fusion.to_dict() if self.fusion else None,
-                "scalearn": self.scalearn.to_dict() if self.scalearn else None, "extra": self.extra}
+        return {"method": self.method, "config": asdict(self.config),
+                "sources": [asdict(s) for s in self.sources], "extra": self.extra}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Composition:
-        return cls(
-            method=data["method"], sources=[SourceRef(**s) for s in data["sources"]],
-            fusion=FusionConfig(**data["fusion"]) if data.get("fusion") else None,
-            scalearn=ScaLearnConfig(**data["scalearn"]) if data.get("scalearn") else None,
-            extra=data.get("extra", {}),
-        )
+        """Read both layouts: ``config`` (now) and one field per method (the earlier release)."""
+        spec = transfer_method(data["method"])
+        config = data.get("config")
+        if config is None:
+            config = next((data[k] for k in LEGACY_CONFIG_FIELDS if data.get(k)), None)
+        return cls(method=data["method"], sources=[SourceRef(**s) for s in data["sources"]],
+                   config=spec.config_from_dict(config) if config is not None else None,
+                   extra=data.get("extra", {}))
 
 
 class TransferHandle(Handle):
@@ -112,53 +124,38 @@ class TransferHandle(Handle):
                 block.recording = False
 
 
-def _load_sources(composition: Composition, model: nn.Module, backbone_name: str) -> tuple[dict, list[dict]]:
-    """Read every source adapter, check it fits the backbone and that all share one adapter config."""
+def _load_sources(composition: Composition, model: nn.Module, backbone_name: str) -> tuple[Any, Any, list[dict]]:
+    """Read every source, check it fits the backbone and that all share one kind and one config."""
     configs, tensors = [], []
     for ref in composition.sources:
+        where = f" (store key {ref.key})" if ref.key else ""
         if not Path(ref.path).is_dir():
-            raise AdapterLoadError(
-                f"source adapter {ref.name!r} is missing: {ref.path} does not exist"
-                + (f" (store key {ref.key})" if ref.key else "") + "; train it again or point to its folder"
-            )
-        meta, adapter_tensors, _ = load_adapter_weights(ref.path)
-        check_backbone(meta, model, f"source adapter {ref.name!r} ({ref.path})", backbone_name)
-        configs.append(meta["adapter"])
-        tensors.append(adapter_tensors)
+            raise ModuleFolderError(f"source adapter {ref.name!r} is missing: {ref.path} does not exist{where}; "
+                                    "train it again or point to its folder")
+        config, source_tensors = source_kind(ref.kind).read(
+            ref.path, model, f"source {ref.kind} {ref.name!r} ({ref.path}){where}", backbone_name)
+        configs.append((ref.kind, config))
+        tensors.append(source_tensors)
     if any(c != configs[0] for c in configs):
-        raise AdapterLoadError(
-            "all source adapters must share one adapter config to be stacked; found "
-            + "; ".join(f"{r.name}: {c}" for r, c in zip(composition.sources, configs, strict=True))
+        raise ModuleFolderError(
+            "all sources must be of one kind and share one adapter config to be stacked; found "
+            + "; ".join(f"{r.name}: {k} {c}" for r, (k, c) in zip(composition.sources, configs, strict=True))
         )
-    return configs[0], tensors
-
-
-def _layer_states(tensors: list[dict], layer: int) -> list[dict[str, torch.Tensor]]:
-    prefix = f"layers.{layer}."
-    return [{k[len(prefix):]: v for k, v in t.items() if k.startswith(prefix)} for t in tensors]
+    kind, config = configs[0]
+    return source_kind(kind), config, tensors
 
 
 def attach_transfer(model: nn.Module, composition: Composition, backbone_name: str = "") -> TransferHandle:
-    """Freeze ``model`` and add one stage-2 block per layer over the composition's sources."""
-    adapter_config, tensors = _load_sources(composition, model, backbone_name)
+    """Freeze ``model`` and add one stage-2 block per layer over the composition's stacked sources."""
+    kind, source_config, tensors = _load_sources(composition, model, backbone_name)
     sites = find_feed_forward_sites(model)
     frozen = [p for p in model.parameters() if p.requires_grad]
     for param in frozen:
         param.requires_grad_(False)
     reference = next(model.parameters())
-    shared = None
-    blocks = []
+    build, shared, blocks = composition.spec.build_block, {}, []
     for site in sites:
-        sources = SourceAdapters.from_layer_states(_layer_states(tensors, site.layer_index),
-                                                   adapter_config["non_linearity"])
-        if composition.method == "fusion":
-            block = FusionBlock(sources, composition.fusion)
-        else:
-            config = composition.scalearn
-            if config.shared and shared is None:
-                width = sources.hidden_size if config.per_dimension else 1
-                shared = init_scales(sources.num_sources, width, config.init_std)
-            block = ScaleBlock(sources, config, scales=shared if config.shared else None)
+        block = build(kind.stack(source_config, tensors, site.layer_index), composition.config, shared)
         block.to(device=reference.device, dtype=reference.dtype)
         install_block(site, block)
         blocks.append(block)
@@ -179,7 +176,7 @@ def load_transfer(path: str | Path, model: nn.Module, backbone_name: str = ""
     handle = attach_transfer(model, Composition.from_dict(meta["composition"]), backbone_name)
     try:
         handle.load_state_dict(groups.get("transfer", {}), source=f"transfer setup {path}")
-    except AdapterLoadError:
+    except ModuleFolderError:
         handle.detach()
         raise
     return handle, meta, groups.get("head", {})

@@ -98,12 +98,13 @@ def read_module_folder(path: str | Path, format_name: str, what: str
     return meta, groups
 
 
-def check_tensors(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], source: str) -> None:
-    """Refuse tensors whose names or shapes differ from what the saved config builds."""
+def check_tensors(expected: dict[str, Any], found: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse tensors whose names or shapes differ from ``expected`` (tensors or shapes by name)."""
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
-    wrong = [f"{k}: saved {tuple(found[k].shape)}, config builds {tuple(v.shape)}"
-             for k, v in expected.items() if k in found and found[k].shape != v.shape]
+    shapes = {k: tuple(getattr(v, "shape", v)) for k, v in expected.items()}
+    wrong = [f"{k}: saved {tuple(found[k].shape)}, config builds {shape}"
+             for k, shape in shapes.items() if k in found and tuple(found[k].shape) != shape]
     if missing or unexpected or wrong:
         parts = ([f"missing {', '.join(missing[:4])}"] if missing else []) + (
             [f"unexpected {', '.join(unexpected[:4])}"] if unexpected else []) + wrong[:4]

@@ -59,10 +59,10 @@ def _stage2(method: str, tmp_path) -> tuple[tuple[float, float], ...]:
         attach_adapters(model, AdapterConfig(reduction_factor=4))
         learning_rate = 1e-3
     elif method == "fusion":
-        attach_transfer(model, Composition(method="fusion", sources=refs, fusion=FusionConfig()), "tiny-bert")
+        attach_transfer(model, Composition(method="fusion", sources=refs, config=FusionConfig()), "tiny-bert")
         learning_rate = 5e-3
     else:
-        composition = Composition(method=method, sources=refs, scalearn=ScaLearnConfig(variant=method))
+        composition = Composition(method=method, sources=refs, config=ScaLearnConfig(variant=method))
         attach_transfer(model, composition, "tiny-bert")
         learning_rate = 6e-3
     classifier = build_classifier(model, task.num_labels)
