@@ -211,3 +211,48 @@ def test_a_second_job_after_shutdown_in_the_same_process_trains(tmp_path):
     assert not torch.distributed.is_initialized()
     result = Trainer(_model(), _loss, data, _config(tmp_path, "second", epochs=1, zero_stage=2)).train()
     assert result.global_step > 0
+
+
+# ------------------------------------------------------------------ loss terms and compile
+def test_every_named_loss_term_is_logged_as_a_running_mean(tmp_path):
+    data = _data()
+    seen = []
+
+    def named(model, batch):
+        task = _loss(model, batch)
+        penalty = sum(p.square().sum() for p in model.parameters() if p.requires_grad)
+        seen.append((float(task.detach()), float(penalty.detach())))
+        return {"loss": task + 1e-3 * penalty, "task": task, "penalty": penalty}
+
+    config = _config(tmp_path, "terms", epochs=1, log_every_steps=4, save_checkpoints=False)
+    Trainer(_model(), named, data, config).train()
+    records = [json.loads(line) for line in (tmp_path / "terms/train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [4, 8, 12]
+    for record, start in zip(records, (0, 4, 8), strict=True):
+        window = seen[start:start + 4]
+        task = sum(t for t, _ in window) / 4
+        penalty = sum(p for _, p in window) / 4
+        assert record["task"] == pytest.approx(task, rel=1e-6)
+        assert record["penalty"] == pytest.approx(penalty, rel=1e-6)
+        assert record["loss"] == pytest.approx(task + 1e-3 * penalty, rel=1e-5)
+
+
+@pytest.mark.slow  # compiling takes over a minute on a shared CPU
+def test_compiled_training_matches_eager(tmp_path):
+    data = _data()
+    losses: dict[bool, list[float]] = {False: [], True: []}
+    models = {}
+    for compiled in (False, True):
+        def recorded(model, batch, compiled=compiled):
+            value = _loss(model, batch)
+            losses[compiled].append(float(value.detach()))
+            return value
+
+        models[compiled] = _model(dropout=0.0)
+        config = _config(tmp_path, f"compile{compiled}", epochs=1, compile=compiled, save_checkpoints=False)
+        Trainer(models[compiled], recorded, data, config).train()
+    assert len(losses[True]) == len(losses[False]) == N_EXAMPLES // 4
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4, abs=1e-5)
+    assert not torch.equal(models[True][3].weight, _model(dropout=0.0)[3].weight)  # it did train
+    for (name, eager), compiled in zip(models[False].named_parameters(), models[True].parameters(), strict=True):
+        torch.testing.assert_close(eager, compiled, rtol=1e-4, atol=1e-5, msg=name)
