@@ -109,3 +109,16 @@ def shutdown() -> None:
     # DeepSpeed's own teardown also drops the groups it cached (data-parallel, ZeRO), so a later job in
     # the same process initialises cleanly instead of meeting a destroyed group.
     import_deepspeed().comm.destroy_process_group()
+
+
+def all_gather(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``tensor`` from every rank along dim 0, in rank order (no gradient); itself in a world of one.
+
+    Every rank must pass a tensor of the same shape. Used for values that only feed targets, such as
+    the reference embeddings SCT pushes into its queues, so all ranks keep identical queues.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()) or world_size() == 1:
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(world_size())]
+    torch.distributed.all_gather(parts, tensor.detach().contiguous())
+    return torch.cat(parts, dim=0)

