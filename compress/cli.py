@@ -93,6 +93,46 @@ def _print_deep_summary(metrics: dict[str, Any], run_path: Path) -> None:
     print(f"\nrun folder: {run_path}  (metrics.json, model/, run.log)")
 
 
+# ------------------------------------------------------------------------------ ode
+def cmd_compress_ode(args: argparse.Namespace) -> int:
+    from plmkit.compress.ode import ODEConfig
+    from plmkit.compress.ode_job import ODESetup, ode_compress
+
+    setup = build_dataclass(ODESetup, args)
+    config = build_dataclass(ODEConfig, args)
+    label = f"{Path(setup.backbone).name}-{Path(setup.task).name}-ode"
+    return run_job(args, "compress-ode", label, lambda trainer, run: ode_compress(setup, config, trainer, run),
+                   _print_ode_summary)
+
+
+def _print_ode_summary(metrics: dict[str, Any], run_path: Path) -> None:
+    key, batch = metrics["metric"], metrics["latency_batch"]
+    rows = [[row["model"], row["steps"], row["evals"], row["latency_ms"], row["gflops"], row["validation"],
+             row["test"]] for row in metrics["table"]]
+    print("\n" + format_table(rows, ["model", "steps/layers", "F evals", "latency ms", "GFLOPs", f"validation {key}",
+                                     f"test {key}"],
+                              title=f"{metrics['model']} on {metrics['task']}: shared ODE model vs layer dropping "
+                                    f"(forward of {batch[0]} x {batch[1]} tokens)"))
+    print(f"\nrun folder: {run_path}  (metrics.json, ode_table.json, accuracy_latency.png, model/, run.log)")
+
+
+def _register_ode(compress: argparse._SubParsersAction) -> None:
+    from plmkit.compress.ode import ODEConfig
+    from plmkit.compress.ode_job import ODESetup
+    from plmkit.trainer import TrainerConfig
+
+    ode = compress.add_parser(
+        "ode", epilog=EPILOG, help="parameter-shared encoder solved as an ODE: fewer, larger steps at inference",
+        description="Fine-tune the dense model on --task, build a shared-layer (pre-LN, Euler-step) encoder from it, "
+                    "train it to tolerate large steps (step counts drawn per batch, distillation from the dense "
+                    "model), and compare steps -> latency, FLOPs, accuracy with dropping layers of the dense model.")
+    add_common(ode)
+    add_dataclass_arguments(ode, ODESetup, title="model and task", aliases=MODEL_ALIAS)
+    add_dataclass_arguments(ode, ODEConfig, title="shared model and solver", exclude=("extra",))
+    add_dataclass_arguments(ode, TrainerConfig, title="training", defaults=TRAINING_DEFAULTS)
+    ode.set_defaults(func=cmd_compress_ode, _parser=ode)
+
+
 # ------------------------------------------------------------------------------ merge
 def cmd_compress_merge(args: argparse.Namespace) -> int:
     from plmkit.compress.mpo_io import export_dense
@@ -101,6 +141,46 @@ def cmd_compress_merge(args: argparse.Namespace) -> int:
     info = export_dense(args.folder, args.out)
     print(json.dumps(info) if args.json else f"wrote {info['path']} (transformers pipeline task: {info['pipeline']})")
     return 0
+
+
+# ------------------------------------------------------------------------------ embed
+EMBED_TRAINING_DEFAULTS = {"output_dir": None, "epochs": 1, "batch_size": 64, "learning_rate": 1e-4,
+                           "warmup_ratio": 0.1}
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from plmkit.compress.sct import SCTConfig
+    from plmkit.compress.sct_job import EmbedSetup, embed
+
+    setup = build_dataclass(EmbedSetup, args)
+    config = build_dataclass(SCTConfig, args)
+    label = f"{Path(setup.backbone).name}-{'+'.join(setup.method_list())}"
+    return run_job(args, "embed", label, lambda trainer, run: embed(setup, config, trainer, run), _print_embed_summary)
+
+
+def _print_embed_summary(metrics: dict[str, Any], run_path: Path) -> None:
+    from plmkit.compress.sct_job import summary_rows
+
+    rows, header = summary_rows(metrics)
+    print("\n" + format_table(rows, header, title=f"sentence encoders from {metrics['student']} (Spearman x100)"))
+    print(f"\nrun folder: {run_path}  (<method>/model: SentenceTransformer folders, metrics.json, run.log)")
+
+
+def _register_embed(sub: argparse._SubParsersAction) -> None:
+    from plmkit.compress.sct import SCTConfig
+    from plmkit.compress.sct_job import EmbedSetup
+    from plmkit.trainer import TrainerConfig
+
+    embed = sub.add_parser(
+        "embed", epilog=EPILOG, help="train a small sentence encoder (SCT, SimCSE or MSE distillation)",
+        description="Train copies of the student (optionally cut to --layers) on --data with SCT (self-supervised "
+                    "or distilled from --teacher) and the SimCSE / MSE-distillation baselines on the same budget, "
+                    "score each on STS pairs and write each as a SentenceTransformer folder.")
+    add_common(embed)
+    add_dataclass_arguments(embed, EmbedSetup, title="student, teacher and data", aliases=MODEL_ALIAS)
+    add_dataclass_arguments(embed, SCTConfig, title="SCT")
+    add_dataclass_arguments(embed, TrainerConfig, title="training", defaults=EMBED_TRAINING_DEFAULTS)
+    embed.set_defaults(func=cmd_embed, _parser=embed)
 
 
 # ------------------------------------------------------------------------------ parser
@@ -132,9 +212,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_dataclass_arguments(deep, DeepMPOConfig, title="depth scaling")
     add_dataclass_arguments(deep, TrainerConfig, title="training", defaults=TRAINING_DEFAULTS)
     deep.set_defaults(func=cmd_compress_deep, _parser=deep)
+    _register_ode(compress)
 
     merge = compress.add_parser("merge", help="write a saved MPO model as a plain Hugging Face folder")
     merge.add_argument("folder", help="a model folder written by `plmkit compress mpo` or `mpo-deep`")
     merge.add_argument("--out", required=True, help="output folder (save_pretrained format + tokenizer)")
     merge.add_argument("--json", action="store_true", help="print the result as JSON")
     merge.set_defaults(func=cmd_compress_merge)
+    _register_embed(sub)

@@ -1,0 +1,168 @@
+"""SCT: the cross-view loss against hand computations, queues, branches without gradient, data errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from plmkit.compress.sct import CrossViewModel, EmbeddingQueue, SCTConfig, augment_sentence, make_views
+from plmkit.compress.sct_job import EmbedSetup
+from plmkit.compress.sct_train import SCTDataError, ViewCollator, _check_sentences, lee_pairs
+from plmkit.distributed import all_gather
+from plmkit.errors import ConfigError
+from plmkit.losses.cross_view import CrossViewLoss, cross_view_kl, in_batch_contrastive, queue_kl
+
+
+def _unit(*shape: int, seed: int = 0) -> torch.Tensor:
+    return F.normalize(torch.randn(*shape, generator=torch.Generator().manual_seed(seed)), dim=-1)
+
+
+def _hand_kl(online, reference, queue, t, t_ref) -> float:
+    """KL(SR(ref) || SR(online)) averaged over rows, with explicit loops and math.exp."""
+    total = 0.0
+    for z, r in zip(online.tolist(), reference.tolist(), strict=True):
+        dots_z = [sum(a * b for a, b in zip(z, d, strict=True)) / t for d in queue.tolist()]
+        dots_r = [sum(a * b for a, b in zip(r, d, strict=True)) / t_ref for d in queue.tolist()]
+        norm_z = sum(math.exp(x) for x in dots_z)
+        norm_r = sum(math.exp(x) for x in dots_r)
+        q = [math.exp(x) / norm_z for x in dots_z]
+        p = [math.exp(x) / norm_r for x in dots_r]
+        total += sum(pk * (math.log(pk) - math.log(qk)) for pk, qk in zip(p, q, strict=True))
+    return total / len(online)
+
+
+def test_queue_kl_matches_a_hand_computation_on_a_toy_queue():
+    z, r, queue = _unit(3, 4, seed=1), _unit(3, 4, seed=2), _unit(5, 4, seed=3)
+    got = queue_kl(z, r, queue, temperature=0.5, reference_temperature=0.25)
+    assert got.item() == pytest.approx(_hand_kl(z, r, queue, 0.5, 0.25), rel=1e-5)
+
+
+def test_cross_view_loss_crosses_views_and_is_symmetric():
+    z1, z2, r1, r2 = (_unit(4, 6, seed=s) for s in range(4))
+    d1, d2 = _unit(7, 6, seed=10), _unit(7, 6, seed=11)
+    out = cross_view_kl((z1, z2), (r1, r2), (d1, d2), 0.3, 0.2)
+    assert out["kl_view1"].item() == pytest.approx(_hand_kl(z1, r2, d2, 0.3, 0.2), rel=1e-5)
+    assert out["kl_view2"].item() == pytest.approx(_hand_kl(z2, r1, d1, 0.3, 0.2), rel=1e-5)
+    assert out["loss"].item() == pytest.approx(0.5 * (out["kl_view1"] + out["kl_view2"]).item(), rel=1e-6)
+    swapped = cross_view_kl((z2, z1), (r2, r1), (d2, d1), 0.3, 0.2)
+    assert swapped["loss"].item() == pytest.approx(out["loss"].item(), rel=1e-6)
+    assert swapped["kl_view1"].item() == pytest.approx(out["kl_view2"].item(), rel=1e-6)
+
+
+def test_loss_is_zero_when_online_equals_reference_at_equal_temperatures():
+    z, d = _unit(3, 5, seed=4), _unit(6, 5, seed=5)
+    assert queue_kl(z, z, d, 0.1, 0.1).item() == pytest.approx(0.0, abs=1e-6)
+    assert queue_kl(z, z, d, 0.1, 0.05).item() > 1e-4  # a sharper reference is a different target
+
+
+def test_no_gradient_reaches_the_reference_or_the_queue():
+    z = _unit(3, 4, seed=1).requires_grad_()
+    r = _unit(3, 4, seed=2).requires_grad_()
+    queue = _unit(5, 4, seed=3).requires_grad_()
+    queue_kl(z, r, queue, 0.5, 0.25).backward()
+    assert z.grad is not None and z.grad.abs().sum() > 0
+    assert r.grad is None and queue.grad is None
+
+
+def test_in_batch_contrastive_matches_cross_entropy_by_hand():
+    a, b = _unit(4, 6, seed=7), _unit(4, 6, seed=8)
+    logits = [[20.0 * float(a[i] @ b[j]) for j in range(4)] for i in range(4)]
+    hand = sum(math.log(sum(math.exp(x) for x in row)) - row[i] for i, row in enumerate(logits)) / 4
+    assert in_batch_contrastive(a, b).item() == pytest.approx(hand, rel=1e-5)
+
+
+def test_queue_is_fifo_with_fixed_size():
+    queue = EmbeddingQueue(size=4, dim=2)
+    rows = torch.arange(12, dtype=torch.float32).view(6, 2)  # six embeddings, pushed two at a time
+    queue.push(rows[:2])
+    assert queue.contents().shape == (2, 2) and torch.equal(queue.ordered(), rows[:2])
+    queue.push(rows[2:4])
+    queue.push(rows[4:6])
+    assert queue.contents().shape == (4, 2) and int(queue.filled) == 4
+    assert torch.equal(queue.ordered(), rows[2:6])  # the oldest two were dropped
+    queue.push(torch.full((5, 2), -1.0))  # a batch larger than the queue keeps its newest rows only
+    assert torch.equal(queue.ordered(), torch.full((4, 2), -1.0))
+
+
+def test_queues_are_persistent_buffers(make_encoder):
+    backbone = make_encoder("bert")
+    config = SCTConfig(queue_size=8, projector_depth=1, projector_expansion=2)
+    model = CrossViewModel(backbone.model, config)
+    model.queue1.push(_unit(3, 32, seed=1))
+    state = model.state_dict()
+    assert {"queue1.rows", "queue1.pointer", "queue1.filled", "queue2.rows"} <= set(state)
+    fresh = CrossViewModel(make_encoder("bert").model, config)
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.queue1.ordered(), model.queue1.ordered()) and int(fresh.queue1.pointer) == 3
+
+
+def _batch(backbone, sentences):
+    return ViewCollator(backbone.tokenizer, 16, "sct")([(s, s, i) for i, s in enumerate(sentences)])
+
+
+def test_reference_branch_and_teacher_get_no_gradient(make_encoder):
+    backbone = make_encoder("bert")
+    model = CrossViewModel(backbone.model, SCTConfig(queue_size=16, projector_depth=2, projector_expansion=2))
+    model.train()
+    batch = _batch(backbone, ["the movie was great", "a boring film", "the team won the game"])
+    out = model(**batch)
+    assert not out["r1"].requires_grad and not out["r2"].requires_grad and out["z1"].requires_grad
+    assert int(model.queue1.filled) == 3  # pushed before scoring: the batch is among the candidates
+    CrossViewLoss(0.05, 0.04)(model, batch)["loss"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.projector.parameters())
+    teacher = torch.randn(3, 48, requires_grad=True)  # a wider teacher: the projector maps 32 -> 48
+    distilled = CrossViewModel(make_encoder("bert").model, SCTConfig(queue_size=16, projector_depth=1), 48)
+    out = CrossViewLoss()(distilled, {**batch, "teacher1": teacher, "teacher2": teacher})
+    out["loss"].backward()
+    assert teacher.grad is None and distilled.queue1.rows.shape == (16, 48)
+
+
+def test_views_are_seeded_and_never_empty():
+    sentences = ["the movie was really very good fun", "great"]
+    assert make_views(sentences, "delete", 0.5, seed=3) == make_views(sentences, "delete", 0.5, seed=3)
+    import random
+
+    rng = random.Random(0)
+    for _ in range(50):
+        view = augment_sentence("a b c", "delete+shuffle", 0.9, rng)
+        assert view and set(view.split()) <= {"a", "b", "c"}
+    assert augment_sentence("  keep  me ", "none", 0.5, rng) == "  keep  me "
+
+
+def test_all_gather_in_a_world_of_one_is_the_tensor():
+    tensor = torch.randn(3, 2)
+    assert all_gather(tensor) is tensor
+
+
+def test_bad_sentences_and_settings_give_clear_errors(tmp_path):
+    with pytest.raises(SCTDataError, match="no training sentences"):
+        _check_sentences(["", "   ", "\t"])
+    from plmkit.tasks import TaskError, load_sentences
+
+    empty = tmp_path / "blank.txt"
+    empty.write_text("\n   \n\n")
+    with pytest.raises(TaskError, match="no sentences"):
+        load_sentences(empty)
+    with pytest.raises(ConfigError, match="needs --teacher"):
+        EmbedSetup(methods="sct-distill")
+    with pytest.raises(ConfigError, match="unknown method"):
+        EmbedSetup(methods="sct,bogus")
+    with pytest.raises(ConfigError, match="--layers"):
+        EmbedSetup(layers="two")
+    with pytest.raises(ConfigError, match="queue-size"):
+        SCTConfig(queue_size=0)
+    with pytest.raises(ConfigError, match="augment"):
+        SCTConfig(augment="backtranslate")
+
+
+def test_lee_pairs_take_the_upper_triangle(tmp_path):
+    (tmp_path / "lee.cor").write_text("doc zero\ndoc one\ndoc two\n")
+    (tmp_path / "similarities0-1.txt").write_text("1 0.2 0.3\n0 1 0.7\n0 0 1\n")
+    assert lee_pairs(tmp_path) == [("doc zero", "doc one", 0.2), ("doc zero", "doc two", 0.3),
+                                   ("doc one", "doc two", 0.7)]
+    (tmp_path / "similarities0-1.txt").write_text("1 0.2\n0 1\n")
+    with pytest.raises(SCTDataError, match="fetch lee-similarity"):
+        lee_pairs(tmp_path)
