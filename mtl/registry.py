@@ -139,9 +139,14 @@ def transfer_method(name: str) -> TransferMethod:
 
 
 def transfer_methods() -> dict[str, TransferMethod]:
-    """Every registered method by name, in registration order (baselines first)."""
+    """Every registered method by name: built-ins in ``BUILTIN_MODULES`` order (baselines first), then others."""
     _load_builtins()
-    return dict(_METHODS)
+
+    def rank(name: str) -> int:
+        module = _METHODS[name].config_class.__module__
+        return BUILTIN_MODULES.index(module) if module in BUILTIN_MODULES else len(BUILTIN_MODULES)
+
+    return {name: _METHODS[name] for name in sorted(_METHODS, key=rank)}  # sorted() is stable
 
 
 def source_kinds() -> dict[str, SourceKind]:

@@ -247,3 +247,29 @@ def test_missing_or_mismatched_sources_are_clear_errors(make_encoder, source_dir
         attach_transfer(make_encoder("bert").model, _composition("scalearn", [source_dirs[0], tmp_path / "r8"]))
     with pytest.raises(ValueError, match="unknown transfer method"):
         _composition("lora", source_dirs)
+
+
+# ---------------------------------------------------------------------- fixed bugs
+@pytest.mark.parametrize("method", ["scalearn++", "scalearn-uniform++"])
+def test_mean_one_regulariser_counts_shared_scales_once(make_encoder, source_dirs, method):
+    backbone = make_encoder("bert")
+    comp = Composition(method=method, sources=[SourceRef(f"s{i}", str(p)) for i, p in enumerate(source_dirs)],
+                       config=ScaLearnConfig(variant=method, mean_one=2.0, dropout=0.0))
+    handle = attach_transfer(backbone.model, comp)
+    backbone.model.train()
+    backbone.model(**_batch(backbone.tokenizer))
+    scales = handle.blocks[0].scales.detach()
+    expected = 2.0 * (scales.mean() - 1.0) ** 2  # one shared set: counted once, not per layer, not zero
+    term = handle.regularization()
+    assert term is not None
+    torch.testing.assert_close(term, expected)
+
+
+def test_fusion_temperature_anneals_in_bf16():
+    block = FusionBlock(_random_sources(3), FusionConfig(temperature=True)).to(torch.bfloat16)
+    assert block.temperature.dtype == torch.float32 and block.query_weight.dtype == torch.bfloat16
+    block.train()
+    a = torch.randn(1, 2, 16, dtype=torch.bfloat16)
+    for _ in range(3):
+        block(a, torch.zeros_like(a))
+    assert block.temperature.item() == pytest.approx(50.0 - 3 * 0.05, abs=1e-4)
