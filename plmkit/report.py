@@ -95,3 +95,34 @@ def plot_heatmap(matrix: Any, row_labels: Sequence[str], col_labels: Sequence[st
     fig.savefig(out_path, bbox_inches="tight")
     plt.close(fig)
     return Path(out_path)
+
+
+def plot_labelled_lines(series: dict[str, Sequence[tuple[float, float, str]]], out_path: str | Path,
+                        xlabel: str = "", ylabel: str = "", title: str = "") -> Path:
+    """One line with markers per series (x, y, point label), each point annotated with its label.
+
+    E.g. accuracy against latency, one series per model family and one labelled point per step count.
+    Points are joined in order of x.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for name, points in series.items():
+        ordered = sorted(points, key=lambda point: point[0])
+        xs, ys = [p[0] for p in ordered], [p[1] for p in ordered]
+        ax.plot(xs, ys, "o-", label=name)
+        for x, y, label in ordered:
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_path, bbox_inches="tight")
+    plt.close(fig)
+    return Path(out_path)

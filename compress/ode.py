@@ -1,0 +1,236 @@
+"""A parameter-shared encoder read as a neural ODE, cheaper at inference with fewer, larger steps.
+
+A pre-LN layer h <- h + F(h) is one forward-Euler step of size 1 of dh/dt = F(h). With one shared
+block applied ``depth`` = T times, the plain shared stack is Euler with n = T steps on [0, T]; at
+inference take n < T steps of size s = T / n, h <- h + s F(h): compute falls by T / n. A partially
+shared model has k blocks; block i is the field on [i T/k, (i+1) T/k] and each segment takes n / k
+steps (n must be a multiple of k). Higher-order and adaptive solvers are in :mod:`.ode_solvers`.
+
+The field of one block (attention A and feed-forward M with their own pre-norms N_a, N_f):
+
+    u = A(N_a(h)),   F(h) = u + M(N_f(h + u))
+
+so at s = 1 a step is exactly a standard pre-LN layer (h + u, then + M(N_f(h + u))).
+
+From a post-LN BERT layer (y = LN_a(x + A(x)); out = LN_f(y + M(y))) F is built as follows: A and M
+take the layer's weights (averaged over the layers a block replaces, or one chosen layer); the
+norm that fed the attention in the post-LN net (the previous layer's LN_f, or the embeddings' norm for
+layer 0) becomes N_a; the layer's own LN_a becomes N_f; the last layer's LN_f is the final norm before
+the head. The residual stream is no longer re-normalised, so the result is an approximation that is
+then fine-tuned (with distillation from the original model).
+
+Step-robust training: in training mode the encoder draws the step count of each forward from
+``train_steps`` with a generator seeded by (seed, counter), where seed and counter are persistent
+buffers: every rank draws the same counts (ZeRO-3 needs the same module calls on every rank) and a
+resumed run replays them, independent of the global RNG (which the trainer seeds with seed + rank).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from plmkit.compress.ode_solvers import FIXED_SOLVERS, check_solver, solve_adaptive, solve_fixed
+from plmkit.errors import ConfigError
+
+INITS = ("average", "layer", "random")
+ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "gelu_new": lambda x: F.gelu(x, approximate="tanh")}
+
+
+def parse_steps(spec: str | None, depth: int, num_blocks: int) -> tuple[int, ...]:
+    """'auto' -> T, ceil(T/2), ceil(T/4) rounded up to multiples of k; else a comma list of counts."""
+    if spec in (None, "", "auto"):
+        counts = [num_blocks * math.ceil(depth / f / num_blocks) for f in (1, 2, 4)]
+    elif spec == "full":
+        counts = [depth]
+    else:
+        try:
+            counts = [int(part) for part in str(spec).split(",") if part.strip()]
+        except ValueError as error:
+            raise ConfigError(f"step counts must be 'auto', 'full' or comma-separated integers, got {spec!r}") from error
+    bad = [n for n in counts if n < 1 or n % num_blocks]
+    if not counts or bad:
+        raise ConfigError(f"step counts must be >= 1 and multiples of num_blocks={num_blocks}; got {spec!r}")
+    return tuple(sorted(set(counts), reverse=True))
+
+
+@dataclass
+class ODEConfig:
+    """The shared-layer model and how it is solved at training and inference time."""
+
+    depth: int | None = None
+    """Integration length T: how many times the plain shared stack applies its block (default: the source's layers)."""
+    num_blocks: int = 1
+    """Distinct blocks (1: fully shared; k: partially shared, block i covers the i-th of k equal time segments)."""
+    init: str = "average"
+    """Block weights from the source: 'average' of the layers it replaces, one 'layer' (--init-layer), or 'random'."""
+    init_layer: int = 0
+    """The source layer copied when --init layer (the same layer for every block)."""
+    steps: int | None = None
+    """Inference steps (step size T / steps; default: T)."""
+    solver: str = "euler"
+    """Inference solver: 'euler', 'heun', 'rk4' (fixed steps) or 'adaptive' (Bogacki-Shampine 3(2))."""
+    rtol: float = 1e-3
+    """Relative tolerance of the adaptive solver."""
+    atol: float = 1e-4
+    """Absolute tolerance of the adaptive solver."""
+    train_steps: str = "auto"
+    """Step counts drawn uniformly per training batch: 'auto' (T, T/2, T/4), 'full' (T only) or e.g. '6,3,2'."""
+    train_solver: str = "euler"
+    """Fixed-step solver used in training ('euler', 'heun' or 'rk4')."""
+    extra: dict = field(default_factory=dict)
+    """Sizes recorded when the model is built (hidden size, heads, ...); not a flag."""
+
+    def __post_init__(self) -> None:
+        if self.depth is not None and self.depth < 1:
+            raise ConfigError(f"depth must be >= 1, got {self.depth}")
+        if self.num_blocks < 1:
+            raise ConfigError(f"num_blocks must be >= 1, got {self.num_blocks}")
+        if self.depth is not None and self.depth % self.num_blocks:
+            raise ConfigError(f"depth {self.depth} must be a multiple of num_blocks {self.num_blocks}")
+        if self.init not in INITS:
+            raise ConfigError(f"init must be one of {INITS}, got {self.init!r}")
+        check_solver(self.solver)
+        if self.train_solver not in FIXED_SOLVERS:
+            raise ConfigError(f"train_solver must be one of {FIXED_SOLVERS} (fixed steps keep ranks in step), "
+                              f"got {self.train_solver!r}")
+        if self.rtol <= 0 or self.atol <= 0:
+            raise ConfigError(f"rtol and atol must be > 0, got {self.rtol}, {self.atol}")
+        if self.depth is not None:
+            self.check_steps(self.steps or self.depth)
+            parse_steps(self.train_steps, self.depth, self.num_blocks)
+
+    def check_steps(self, steps: int) -> int:
+        if steps < 1 or steps % self.num_blocks:
+            raise ConfigError(f"steps must be a positive multiple of num_blocks={self.num_blocks}, got {steps}")
+        return steps
+
+
+class SharedBlock(nn.Module):
+    """One pre-LN transformer block read as the field F(h) (see the module docstring)."""
+
+    def __init__(self, hidden: int, heads: int, intermediate: int, activation: str = "gelu",
+                 eps: float = 1e-12, dropout: float = 0.0) -> None:
+        super().__init__()
+        if hidden % heads:
+            raise ConfigError(f"hidden size {hidden} is not divisible by {heads} heads")
+        if activation not in ACTIVATIONS:
+            raise ConfigError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        self.heads, self.activation = heads, activation
+        self.attn_norm, self.ffn_norm = nn.LayerNorm(hidden, eps=eps), nn.LayerNorm(hidden, eps=eps)
+        self.query, self.key, self.value = (nn.Linear(hidden, hidden) for _ in range(3))
+        self.out = nn.Linear(hidden, hidden)
+        self.ffn_in, self.ffn_out = nn.Linear(hidden, intermediate), nn.Linear(intermediate, hidden)
+        self.dropout = nn.Dropout(dropout)
+
+    def attention(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        batch, seq, hidden = x.shape
+        # (batch, seq, hidden) -> (batch, heads, seq, head_dim)
+        q, k, v = (proj(x).view(batch, seq, self.heads, hidden // self.heads).transpose(1, 2)
+                   for proj in (self.query, self.key, self.value))
+        context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                                 dropout_p=self.dropout.p if self.training else 0.0)
+        # (batch, heads, seq, head_dim) -> (batch, seq, hidden)
+        return self.out(context.transpose(1, 2).reshape(batch, seq, hidden))
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """F(h), not h + F(h)."""
+        u = self.dropout(self.attention(self.attn_norm(h), mask))
+        return u + self.dropout(self.ffn_out(ACTIVATIONS[self.activation](self.ffn_in(self.ffn_norm(h + u)))))
+
+
+class StepSchedule(nn.Module):
+    """Draws a step count per training forward from (seed, counter); both are persistent buffers."""
+
+    def __init__(self, choices: tuple[int, ...], seed: int = 0) -> None:
+        super().__init__()
+        self.choices = tuple(choices)
+        self.register_buffer("seed", torch.tensor(int(seed), dtype=torch.long))
+        self.register_buffer("counter", torch.zeros((), dtype=torch.long))
+
+    def reseed(self, seed: int) -> None:
+        self.seed.fill_(int(seed))
+        self.counter.zero_()
+
+    def peek(self, counter: int) -> int:
+        """The count drawn at position ``counter`` (pure function of seed and counter)."""
+        generator = torch.Generator().manual_seed(int(self.seed) * 1_000_003 + counter)
+        return self.choices[int(torch.randint(len(self.choices), (), generator=generator))]
+
+    def draw(self) -> int:
+        steps = self.peek(int(self.counter))
+        self.counter.add_(1)
+        return steps
+
+
+class ODEEncoder(nn.Module):
+    """Embeddings, k shared blocks integrated over [0, T], a final norm: ``forward -> (batch, seq, hidden)``."""
+
+    def __init__(self, embeddings: nn.Module, config: ODEConfig, hidden: int, heads: int, intermediate: int,
+                 activation: str = "gelu", eps: float = 1e-12, dropout: float = 0.0,
+                 token_type_ids: bool = True) -> None:
+        super().__init__()
+        if config.depth is None:
+            raise ConfigError("ODEConfig.depth must be set to build an encoder")
+        self.config = config
+        self.embeddings, self.takes_token_types = embeddings, token_type_ids
+        self.blocks = nn.ModuleList(SharedBlock(hidden, heads, intermediate, activation, eps, dropout)
+                                    for _ in range(config.num_blocks))
+        self.final_norm = nn.LayerNorm(hidden, eps=eps)
+        self.schedule = StepSchedule(parse_steps(config.train_steps, config.depth, config.num_blocks))
+        self.steps, self.solver, self.last_evals = config.steps or config.depth, config.solver, 0
+
+    def set_steps(self, steps: int | None = None, solver: str | None = None) -> None:
+        """Inference setting: ``steps`` (multiple of num_blocks) with ``solver``."""
+        self.steps = self.config.check_steps(steps or self.config.depth)
+        self.solver = check_solver(solver or self.solver)
+
+    def integrate(self, h: torch.Tensor, mask: torch.Tensor | None, steps: int, solver: str) -> torch.Tensor:
+        """h(T) from h(0) = ``h``, block by block over equal time segments."""
+        length = self.config.depth / len(self.blocks)
+        self.last_evals = 0
+        for block in self.blocks:
+            def field(x: torch.Tensor, block: nn.Module = block) -> torch.Tensor:
+                return block(x, mask)
+
+            if solver == "adaptive":
+                h, evals = solve_adaptive(field, h, length, self.config.rtol, self.config.atol)
+                self.last_evals += evals
+            else:
+                h = solve_fixed(field, h, length, steps // len(self.blocks), solver)
+                self.last_evals += steps // len(self.blocks) * {"euler": 1, "heun": 2, "rk4": 4}[solver]
+        return h
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        kwargs = {"input_ids": input_ids}
+        if self.takes_token_types and token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids
+        h = self.embeddings(**kwargs)
+        # (batch, seq) -> (batch, 1, 1, seq): True where a key may be attended to
+        mask = attention_mask.bool()[:, None, None, :] if attention_mask is not None else None
+        if self.training:
+            steps, solver = self.schedule.draw(), self.config.train_solver
+        else:
+            steps, solver = self.steps, self.solver
+        return self.final_norm(self.integrate(h, mask, steps, solver))
+
+
+class ODEClassifier(nn.Module):
+    """An :class:`ODEEncoder` plus a task head: ``forward(**batch) -> logits``."""
+
+    def __init__(self, encoder: ODEEncoder, head: nn.Module) -> None:
+        super().__init__()
+        self.encoder, self.head = encoder, head
+
+    def set_steps(self, steps: int | None = None, solver: str | None = None) -> ODEClassifier:
+        self.encoder.set_steps(steps, solver)
+        return self
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None, **_: object) -> torch.Tensor:
+        return self.head(self.encoder(input_ids, attention_mask, token_type_ids), attention_mask)

@@ -1,0 +1,131 @@
+"""Build an ODE encoder from a pretrained post-LN encoder, and save / reload it with any step count.
+
+Weight mapping (see :mod:`plmkit.compress.ode` for why): for block i replacing layers G_i,
+
+    query/key/value/out, ffn_in/ffn_out  <- mean over l in G_i of layer l's attention / feed-forward linears
+    attn_norm                            <- mean over l in G_i of the norm feeding layer l
+                                            (layer l-1's output norm; the embeddings' norm for l = 0)
+    ffn_norm                             <- mean over l in G_i of layer l's attention-output norm
+    final_norm                           <- the last layer's output norm
+
+``init='layer'`` uses layer ``init_layer`` for every block instead of a mean; ``init='random'`` keeps
+the fresh initialisation (a model from scratch, e.g. in tests). The embeddings are copied.
+
+A saved model is ``config.json`` + ``weights.safetensors`` (plus the tokenizer): the ODE config, the
+source's Hugging Face config (to rebuild the embeddings) and the head config; ``load_ode_model`` takes
+any step count and solver.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from plmkit.anatomy import locate
+from plmkit.compress.mpo_depth import layer_groups
+from plmkit.compress.ode import ODEClassifier, ODEConfig, ODEEncoder
+from plmkit.errors import ConfigError
+from plmkit.models import ClassificationHead, HeadConfig
+from plmkit.saving import check_tensors, read_module_folder, write_module_folder
+
+FORMAT = "plmkit-ode"
+BERT_STYLE = ("bert", "roberta", "xlm-roberta")
+LINEARS = {"query": "attention.self.query", "key": "attention.self.key", "value": "attention.self.value",
+           "out": "attention.output.dense", "ffn_in": "intermediate.dense", "ffn_out": "output.dense"}
+
+
+def _sizes(config: Any) -> dict[str, Any]:
+    return {"hidden": config.hidden_size, "heads": config.num_attention_heads,
+            "intermediate": config.intermediate_size, "activation": config.hidden_act,
+            "eps": config.layer_norm_eps, "dropout": config.hidden_dropout_prob}
+
+
+def _mean_into(target: nn.Module, sources: list[nn.Module]) -> None:
+    with torch.no_grad():
+        for name, param in target.named_parameters():
+            param.copy_(torch.stack([dict(s.named_parameters())[name].detach() for s in sources]).mean(0))
+
+
+def _init_blocks(encoder: ODEEncoder, base: nn.Module, layers: nn.ModuleList, config: ODEConfig) -> None:
+    feeding = [base.embeddings.LayerNorm] + [layer.output.LayerNorm for layer in layers[:-1]]
+    groups = layer_groups(len(layers), config.num_blocks)
+    for block, group in zip(encoder.blocks, groups, strict=True):
+        chosen = [config.init_layer] * len(group) if config.init == "layer" else group
+        for name, path in LINEARS.items():
+            _mean_into(getattr(block, name), [layers[i].get_submodule(path) for i in chosen])
+        _mean_into(block.attn_norm, [feeding[i] for i in chosen])
+        _mean_into(block.ffn_norm, [layers[i].attention.output.LayerNorm for i in chosen])
+    _mean_into(encoder.final_norm, [layers[-1].output.LayerNorm])
+
+
+def build_ode_encoder(source: nn.Module, config: ODEConfig) -> ODEEncoder:
+    """A shared-layer encoder whose embeddings and blocks come from ``source`` (a BERT-style encoder)."""
+    found = locate(source)
+    base, layers = found.base, found.layers
+    if found.anatomy.model_type not in BERT_STYLE:
+        raise ConfigError(f"ODE encoders are built from {BERT_STYLE} layers; {found.anatomy.model_type!r} "
+                          "has another layer layout")
+    config = replace(config, depth=config.depth or len(layers), extra={})
+    if config.init == "layer" and not 0 <= config.init_layer < len(layers):
+        raise ConfigError(f"--init-layer {config.init_layer} is out of range: the source has layers 0..{len(layers) - 1}")
+    if config.init == "average" and config.num_blocks > len(layers):
+        raise ConfigError(f"--num-blocks {config.num_blocks} exceeds the source's {len(layers)} layers; "
+                          "use at most that many blocks or --init layer / random")
+    sizes = _sizes(base.config)
+    config.extra = {"backbone_config": base.config.to_dict(), **sizes}
+    encoder = ODEEncoder(copy.deepcopy(base.embeddings), config, token_type_ids=found.anatomy.token_type_ids,
+                         **sizes)
+    if config.init != "random":
+        _init_blocks(encoder, base, layers, config)
+    return encoder
+
+
+def _rebuild_embeddings(backbone_config: dict[str, Any]) -> nn.Module:
+    from transformers import AutoConfig, AutoModel
+
+    values = {k: v for k, v in backbone_config.items() if k not in ("model_type", "transformers_version")}
+    config = AutoConfig.for_model(backbone_config["model_type"], **values)
+    return AutoModel.from_config(config).embeddings
+
+
+def save_ode_model(path: str | Path, model: ODEClassifier, tokenizer: Any = None,
+                   extra: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` (and its tokenizer, when given) as a plmkit ODE folder."""
+    meta = {"ode": asdict(model.encoder.config), "head": model.head.config.to_dict(),
+            "takes_token_types": model.encoder.takes_token_types, **(extra or {})}
+    path = write_module_folder(path, FORMAT, {"model": model.state_dict()}, meta)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(Path(path) / "tokenizer")
+    return Path(path)
+
+
+@dataclass
+class LoadedODEModel:
+    model: ODEClassifier
+    tokenizer: Any
+    meta: dict[str, Any]
+
+
+def load_ode_model(path: str | Path, steps: int | None = None, solver: str | None = None) -> LoadedODEModel:
+    """Rebuild a saved ODE classifier, set to ``steps`` with ``solver`` (defaults: as saved)."""
+    meta, groups = read_module_folder(path, FORMAT, "ODE model")
+    config = ODEConfig(**meta["ode"])
+    sizes = {k: config.extra[k] for k in ("hidden", "heads", "intermediate", "activation", "eps", "dropout")}
+    encoder = ODEEncoder(_rebuild_embeddings(config.extra["backbone_config"]), config,
+                         token_type_ids=meta["takes_token_types"], **sizes)
+    model = ODEClassifier(encoder, ClassificationHead(HeadConfig(**meta["head"])))
+    tensors = groups.get("model", {})
+    check_tensors(model.state_dict(), tensors, str(path))
+    model.load_state_dict(tensors)
+    model.eval().set_steps(steps or config.steps, solver)
+    tokenizer = None
+    if (Path(path) / "tokenizer").is_dir():
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(Path(path) / "tokenizer")
+    return LoadedODEModel(model, tokenizer, meta)

@@ -1,0 +1,176 @@
+"""The job behind ``plmkit compress ode``: a step-robust shared-layer model against layer dropping.
+
+Fine-tune the dense encoder on the task (the reference and the teacher), build the shared-layer ODE
+model from it, fine-tune that with step counts drawn per batch (and distillation from the dense model),
+then measure every inference step count: latency, FLOPs, task metric. The baseline spends the same
+compute by keeping the first n layers of the fine-tuned dense model (``plmkit.layers.keep_layers``) and
+fine-tuning it the same way. Writes ``ode_table.json``, ``accuracy_latency.png``, ``metrics.json`` and
+the model (``model/``, reloadable with any step count).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from torch import nn
+
+from plmkit import distributed
+from plmkit.anatomy import locate
+from plmkit.backbones import DEFAULT_ENCODER, load_encoder
+from plmkit.compress.distill import distillation_loss
+from plmkit.compress.jobs import forward_latency_ms, latency_batch
+from plmkit.compress.ode import ODEClassifier, ODEConfig, parse_steps
+from plmkit.compress.ode_build import build_ode_encoder, save_ode_model
+from plmkit.errors import ConfigError
+from plmkit.flops import count_flops
+from plmkit.jobs import DataArgs, finetune_and_evaluate
+from plmkit.layers import keep_layers
+from plmkit.models import build_classifier
+from plmkit.report import plot_labelled_lines
+from plmkit.runs import RunFolder, environment
+from plmkit.textclf import TaskData
+from plmkit.trainer import TrainerConfig, seed_everything
+
+logger = logging.getLogger("plmkit")
+
+
+@dataclass
+class ODESetup(DataArgs):
+    """Which model and task, how the shared model and the baseline are trained, and how they are timed."""
+
+    backbone: str = DEFAULT_ENCODER
+    """A bundled asset name, a local model folder, or a hub id (--model is an alias)."""
+    task: str = "rotten-tomatoes"
+    """A built-in task or a data folder to fine-tune and evaluate on."""
+    pooling: str = "mean"
+    """Head pooling: 'mean' or 'cls'."""
+    dense_epochs: int | None = None
+    """Epochs of the dense fine-tuning (default: --epochs; 0: no fine-tuning and no teacher)."""
+    ode_epochs: int | None = None
+    """Epochs of the shared model's fine-tuning (default: --epochs)."""
+    ode_learning_rate: float | None = None
+    """Learning rate of the shared model's fine-tuning (default: --learning-rate)."""
+    distill: float = 0.5
+    """Weight of distillation from the fine-tuned dense model for the shared model and the baseline (0: none)."""
+    distill_temperature: float = 2.0
+    """Softmax temperature of the distillation term."""
+    eval_steps: str = "auto"
+    """Inference step counts to measure: 'auto' (T, T/2, T/4) or a comma list, e.g. '6,3,2,1'."""
+    baseline: bool = True
+    """Also measure the layer-dropping baseline at the same compute (first n layers of the dense model)."""
+    baseline_epochs: int | None = None
+    """Epochs of fine-tuning each layer-dropped model (default: --epochs; 0: drop only)."""
+    latency_batch: int = 32
+    """Sequences per batch when timing the forward pass and counting FLOPs."""
+    latency_tokens: int = 64
+    """Tokens per sequence when timing the forward pass and counting FLOPs."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.pooling not in ("cls", "mean"):
+            raise ConfigError(f"pooling must be 'cls' or 'mean', got {self.pooling!r}")
+        for name in ("dense_epochs", "ode_epochs", "baseline_epochs"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.distill <= 1.0:
+            raise ConfigError(f"--distill must be in [0, 1], got {self.distill}")
+        if self.latency_batch < 1 or self.latency_tokens < 1:
+            raise ConfigError("--latency-batch and --latency-tokens must be >= 1")
+
+
+def _epochs(value: int | None, trainer: TrainerConfig) -> int:
+    return trainer.epochs if value is None else value
+
+
+def _measure(model: nn.Module, data: TaskData, batch: dict[str, Any], metric: str) -> dict[str, Any]:
+    return {"latency_ms": forward_latency_ms(model, batch), "gflops": count_flops(model, **batch) / 1e9,
+            "validation": data.evaluate(model, "validation")[metric], "test": data.evaluate(model, "test")[metric]}
+
+
+def _ode_rows(model: ODEClassifier, steps: tuple[int, ...], data: TaskData, batch: dict[str, Any],
+              metric: str) -> list[dict[str, Any]]:
+    rows = []
+    for n in steps:
+        model.set_steps(n)
+        row = _measure(model, data, batch, metric)
+        rows.append({"model": f"shared ODE ({model.encoder.solver})", "steps": n,
+                     "evals": model.encoder.last_evals, **row})
+        logger.info("ODE %d steps: %s", n, row)
+    model.set_steps(None)
+    return rows
+
+
+def _baseline_rows(dense: nn.Module, budgets: list[int], setup: ODESetup, trainer: TrainerConfig, run: RunFolder,
+                   data: TaskData, batch: dict[str, Any], metric: str, teacher: bool) -> list[dict[str, Any]]:
+    depth = len(locate(dense).layers)
+    rows = [{"model": "dense", "steps": depth, "evals": depth, **_measure(dense, data, batch, metric)}]
+    epochs = _epochs(setup.baseline_epochs, trainer)
+    for n in budgets:
+        model = keep_layers(copy.deepcopy(dense), list(range(n)))
+        model.requires_grad_(True).train()
+        if epochs:
+            loss = distillation_loss(dense, setup.distill, setup.distill_temperature) if teacher else None
+            finetune_and_evaluate(model, data, replace(trainer, epochs=epochs), run.path / f"drop-{n}", loss=loss)
+        rows.append({"model": "layer dropping", "steps": n, "evals": n, **_measure(model, data, batch, metric)})
+        logger.info("first %d layers: %s", n, rows[-1])
+    return rows
+
+
+def ode_compress(setup: ODESetup, config: ODEConfig, trainer: TrainerConfig, run: RunFolder) -> dict[str, Any]:
+    """Build, train and measure the shared ODE model on ``setup.task``; compare with layer dropping."""
+    started = time.perf_counter()
+    seed_everything(trainer.seed)
+    task = setup.load(setup.task)
+    backbone = load_encoder(setup.backbone)
+    run.write_json("config.json", {"job": "compress ode", "setup": asdict(setup), "ode": asdict(config),
+                                   "trainer": asdict(trainer), "backbone": backbone.signature(),
+                                   "task": task.describe(), "environment": environment()})
+    data = TaskData(task, backbone.tokenizer, setup.max_length, backbone.model.config)
+    metric = task.metric
+    dense = build_classifier(backbone.model, task.num_labels, pooling=setup.pooling)
+    dense_epochs = _epochs(setup.dense_epochs, trainer)
+    metrics: dict[str, Any] = {"model": backbone.name, "task": task.name, "metric": metric}
+    if dense_epochs:
+        metrics["dense"] = finetune_and_evaluate(dense, data, replace(trainer, epochs=dense_epochs), run.path / "dense")
+    model = ODEClassifier(build_ode_encoder(dense.encoder, config), copy.deepcopy(dense.head))
+    model.encoder.schedule.reseed(trainer.seed)
+    depth = model.encoder.config.depth
+    metrics["ode_config"] = {k: v for k, v in asdict(model.encoder.config).items() if k != "extra"}
+    teacher = bool(setup.distill and dense_epochs)
+    loss = distillation_loss(dense, setup.distill, setup.distill_temperature) if teacher else None
+    lr = setup.ode_learning_rate or trainer.learning_rate
+    metrics["ode"] = finetune_and_evaluate(
+        model, data, replace(trainer, epochs=_epochs(setup.ode_epochs, trainer), learning_rate=lr), run.path / "ode",
+        loss=loss)
+    batch = latency_batch(backbone.tokenizer, setup.latency_batch, setup.latency_tokens)
+    steps = parse_steps(setup.eval_steps, depth, config.num_blocks)
+    rows = _ode_rows(model, steps, data, batch, metric)
+    if setup.baseline:
+        layers = len(locate(dense).layers)
+        budgets = sorted({row["evals"] for row in rows if row["evals"] < layers}, reverse=True)
+        rows += _baseline_rows(dense, budgets, setup, trainer, run, data, batch, metric, teacher)
+    metrics["table"] = rows
+    metrics["latency_batch"] = [setup.latency_batch, setup.latency_tokens]
+    if distributed.is_main_process():
+        run.write_json("ode_table.json", {"task": task.name, "metric": metric, "rows": rows})
+        _plot(rows, run, metric, task.name)
+        save_ode_model(run.path / "model", model, backbone.tokenizer,
+                       extra={"label_names": task.label_names, "task": task.describe(), "backbone": backbone.name,
+                              "max_length": setup.max_length})
+        metrics["model_dir"] = str(run.path / "model")
+    metrics["wall_time_s"] = time.perf_counter() - started
+    run.write_json("metrics.json", metrics)
+    return metrics
+
+
+def _plot(rows: list[dict[str, Any]], run: RunFolder, metric: str, task: str) -> None:
+    series: dict[str, list[tuple[float, float, str]]] = {}
+    for row in rows:
+        unit = "steps" if row["model"].startswith("shared") else "layers"
+        series.setdefault(row["model"], []).append((row["latency_ms"], row["test"], f"{row['steps']} {unit}"))
+    plot_labelled_lines(series, run.path / "accuracy_latency.png", xlabel="forward latency (ms)",
+                        ylabel=f"test {metric}", title=f"{task}: accuracy vs latency")

@@ -1,0 +1,236 @@
+"""ODE-accelerated shared-layer encoders: solvers, the Euler/shared-stack identity, sharing, steps, I/O."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from plmkit.compress.ode import ODEClassifier, ODEConfig, ODEEncoder, SharedBlock, StepSchedule, parse_steps
+from plmkit.compress.ode_build import build_ode_encoder, load_ode_model, save_ode_model
+from plmkit.compress.ode_solvers import solve_adaptive, solve_fixed
+from plmkit.errors import ConfigError
+from plmkit.flops import count_flops
+from plmkit.models import build_classifier
+
+
+def _batch(vocab: int = 40, batch: int = 3, seq: int = 7):
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(5, vocab, (batch, seq), generator=generator)
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    return ids, mask
+
+
+def _classifier(make_encoder, **config) -> ODEClassifier:
+    backbone = make_encoder("bert")
+    encoder = build_ode_encoder(backbone.model, ODEConfig(**config))
+    return ODEClassifier(encoder, build_classifier(backbone.model, 2).head)
+
+
+# ------------------------------------------------------------------------------ solvers
+def _linear_problem():
+    """dh/dt = A h on [0, 1], h(0) = h0: exact h(1) = expm(A) h0 (float64)."""
+    a = torch.tensor([[-0.5, 1.0], [-1.0, -0.3]], dtype=torch.float64)
+    h0 = torch.tensor([[1.0, 0.5]], dtype=torch.float64)
+    return (lambda h: h @ a.T), h0, h0 @ torch.linalg.matrix_exp(a).T
+
+
+@pytest.mark.parametrize(("method", "order"), [("euler", 1), ("heun", 2), ("rk4", 4)])
+def test_fixed_step_error_falls_at_the_order_of_the_method(method, order):
+    field, h0, exact = _linear_problem()
+    errors = [float((solve_fixed(field, h0, 1.0, n, method) - exact).norm()) for n in (16, 32, 64)]
+    rates = [math.log2(errors[i] / errors[i + 1]) for i in range(2)]
+    assert all(abs(rate - order) < 0.15 for rate in rates), rates
+
+
+def test_adaptive_solver_meets_its_tolerance_and_works_less_when_looser():
+    field, h0, exact = _linear_problem()
+    tight, tight_evals = solve_adaptive(field, h0, 1.0, rtol=1e-8, atol=1e-10)
+    loose, loose_evals = solve_adaptive(field, h0, 1.0, rtol=1e-3, atol=1e-5)
+    assert float((tight - exact).norm()) < 1e-7
+    assert float((loose - exact).norm()) < 1e-2
+    assert loose_evals < tight_evals
+
+
+# ------------------------------------------------------------------------------ the model
+def _pre_ln_layer_by_hand(block: SharedBlock, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """x + A(LN_a x), then + M(LN_f .), written with einsum from the block's weights."""
+    heads, hidden = block.heads, h.shape[-1]
+    d = hidden // heads
+
+    def proj(lin, x):
+        return x @ lin.weight.T + lin.bias
+
+    x = F.layer_norm(h, (hidden,), block.attn_norm.weight, block.attn_norm.bias, block.attn_norm.eps)
+    # (batch, seq, hidden) -> (batch, seq, heads, d)
+    q, k, v = (proj(lin, x).view(*x.shape[:2], heads, d) for lin in (block.query, block.key, block.value))
+    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(d)
+    scores = scores.masked_fill(~mask.bool()[:, None, None, :], float("-inf"))
+    context = torch.einsum("bhqk,bkhd->bqhd", scores.softmax(-1), v).reshape(h.shape)
+    y = h + proj(block.out, context)
+    z = F.layer_norm(y, (hidden,), block.ffn_norm.weight, block.ffn_norm.bias, block.ffn_norm.eps)
+    return y + proj(block.ffn_out, F.gelu(proj(block.ffn_in, z)))
+
+
+def test_euler_at_step_size_one_is_the_plain_shared_stack(make_encoder):
+    model = _classifier(make_encoder, depth=3).eval()
+    with torch.no_grad():
+        for p in model.encoder.blocks.parameters():  # a field large enough to matter
+            p.add_(torch.randn_like(p) * 0.3)
+    ids, mask = _batch()
+    encoder = model.encoder
+    with torch.no_grad():
+        h = encoder.embeddings(input_ids=ids)
+        plain = h
+        for _ in range(3):
+            plain = plain + encoder.blocks[0](plain, mask.bool()[:, None, None, :])
+        by_hand = h
+        for _ in range(3):
+            by_hand = _pre_ln_layer_by_hand(encoder.blocks[0], by_hand, mask)
+        out = encoder(ids, mask)
+    assert torch.equal(out, encoder.final_norm(plain))
+    real = mask.bool()
+    assert torch.allclose(out[real], encoder.final_norm(by_hand)[real], atol=1e-5)
+    encoder.set_steps(1)
+    with torch.no_grad():
+        assert not torch.allclose(encoder(ids, mask), out, atol=1e-3)
+
+
+def test_shared_parameters_are_one_tensor_whose_gradients_accumulate(make_encoder):
+    model = _classifier(make_encoder, depth=4)
+    block = model.encoder.blocks[0]
+    assert len(model.encoder.blocks) == 1
+    assert sum(p.numel() for p in model.encoder.blocks.parameters()) == sum(p.numel() for p in block.parameters())
+    ids, mask = _batch()
+    grads = {}
+    for steps in (1, 4):
+        model.zero_grad()
+        model.eval().set_steps(steps)
+        model(ids, mask).sum().backward()
+        grads[steps] = block.query.weight.grad.clone()
+    # the same tensor is used at each of the 4 steps: its gradient is the sum over steps, hence different
+    assert not torch.allclose(grads[1], grads[4])
+    step_inputs = []
+    handle = block.register_forward_hook(lambda m, args, out: step_inputs.append(args[0]))
+    model.set_steps(4)
+    model(ids, mask)
+    handle.remove()
+    assert len(step_inputs) == 4
+
+
+def test_partially_shared_blocks_come_from_their_layer_groups(make_encoder):
+    backbone = make_encoder("bert")
+    layers = backbone.model.encoder.layer
+    with torch.no_grad():  # distinct norms, so that copying the wrong one shows
+        for name, p in backbone.model.named_parameters():
+            if "LayerNorm" in name:
+                p.copy_(torch.randn_like(p))
+    encoder = build_ode_encoder(backbone.model, ODEConfig(num_blocks=2))
+    assert encoder.config.depth == 2 and len(encoder.blocks) == 2
+    assert torch.equal(encoder.blocks[1].query.weight, layers[1].attention.self.query.weight)
+    assert torch.equal(encoder.blocks[1].attn_norm.weight, layers[0].output.LayerNorm.weight)
+    assert torch.equal(encoder.blocks[0].attn_norm.weight, backbone.model.embeddings.LayerNorm.weight)
+    average = build_ode_encoder(backbone.model, ODEConfig(num_blocks=1))
+    mean = (layers[0].intermediate.dense.weight + layers[1].intermediate.dense.weight) / 2
+    assert torch.allclose(average.blocks[0].ffn_in.weight, mean)
+    with pytest.raises(ConfigError, match="multiple of num_blocks"):
+        ODEConfig(depth=4, num_blocks=2, steps=3)
+
+
+def test_step_count_changes_compute(make_encoder):
+    model = _classifier(make_encoder, depth=4).eval()
+    ids, mask = _batch()
+    flops = {}
+    for steps, solver in ((4, "euler"), (2, "euler"), (1, "euler"), (1, "rk4")):
+        model.set_steps(steps, solver)
+        flops[(steps, solver)] = count_flops(model, ids, mask)
+    block = flops[(4, "euler")] - flops[(2, "euler")]  # two block evaluations
+    assert block > 0
+    assert flops[(2, "euler")] - flops[(1, "euler")] == block // 2
+    assert flops[(1, "rk4")] == flops[(4, "euler")]  # four evaluations either way
+
+
+def test_flop_helper_counts_a_linear_layer_and_attention_by_hand():
+    linear = torch.nn.Linear(8, 5)
+    assert count_flops(linear, torch.randn(3, 8)) == 2 * 3 * 8 * 5
+    block = SharedBlock(hidden=8, heads=2, intermediate=16)
+    h = torch.randn(2, 6, 8)
+    linears = 2 * 12 * (4 * 8 * 8 + 2 * 8 * 16)
+    attention = 2 * (2 * 2 * 6 * 6 * 4) * 2  # QK^T and AV, per batch row and head
+    assert count_flops(block, h) == linears + attention
+
+
+# ------------------------------------------------------------------------------ step-robust training
+def test_step_schedule_ignores_the_global_rng_and_replays_from_its_buffers():
+    ranks = []
+    for rank in range(2):
+        torch.manual_seed(42 + rank)  # the trainer seeds each rank differently
+        schedule = StepSchedule((8, 4, 2), seed=42)
+        ranks.append([schedule.draw() for _ in range(30)])
+    assert ranks[0] == ranks[1] and len(set(ranks[0])) == 3
+    resumed = StepSchedule((8, 4, 2), seed=0)
+    first = StepSchedule((8, 4, 2), seed=42)
+    [first.draw() for _ in range(10)]
+    resumed.load_state_dict(first.state_dict())
+    assert [resumed.draw() for _ in range(20)] == ranks[0][10:]
+    assert set(first.state_dict()) == {"seed", "counter"}
+
+
+def test_training_forward_draws_steps_and_eval_uses_the_setting(make_encoder):
+    model = _classifier(make_encoder, depth=4, train_steps="4,2,1")
+    model.encoder.schedule.reseed(3)
+    ids, mask = _batch()
+    expected = [model.encoder.schedule.peek(i) for i in range(6)]
+    used = []
+    for _ in range(6):
+        model.train()(ids, mask)
+        used.append(model.encoder.last_evals)
+    assert used == expected and int(model.encoder.schedule.counter) == 6
+    model.eval().set_steps(2)
+    model(ids, mask)
+    assert model.encoder.last_evals == 2 and int(model.encoder.schedule.counter) == 6
+
+
+def test_parse_steps():
+    assert parse_steps("auto", 8, 1) == (8, 4, 2)
+    assert parse_steps("auto", 6, 2) == (6, 4, 2)
+    assert parse_steps("full", 6, 1) == (6,)
+    assert parse_steps("1,3,3", 6, 1) == (3, 1)
+    with pytest.raises(ConfigError):
+        parse_steps("two", 6, 1)
+
+
+# ------------------------------------------------------------------------------ save / load
+def test_save_and_reload_with_any_step_count(make_encoder, tmp_path):
+    model = _classifier(make_encoder, num_blocks=2, depth=4).eval()
+    tokenizer = make_encoder("bert").tokenizer
+    save_ode_model(tmp_path / "m", model, tokenizer, extra={"label_names": ["neg", "pos"]})
+    ids, mask = _batch()
+    for steps, solver in ((4, "euler"), (2, "heun"), (2, "adaptive")):
+        loaded = load_ode_model(tmp_path / "m", steps=steps, solver=solver)
+        model.set_steps(steps, solver)
+        with torch.no_grad():
+            assert torch.allclose(loaded.model(ids, mask), model(ids, mask), atol=1e-6)
+    assert loaded.tokenizer is not None and loaded.meta["label_names"] == ["neg", "pos"]
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["ode"]["num_blocks"] == 2
+
+
+def test_ode_encoder_from_scratch_trains(make_encoder):
+    model = _classifier(make_encoder, depth=4, init="random", train_steps="4,2")
+    ids, mask = _batch()
+    labels = torch.tensor([0, 1, 1])
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(15):
+        loss = F.cross_entropy(model.train()(ids, mask), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+    assert isinstance(model.encoder, ODEEncoder)
