@@ -133,46 +133,6 @@ def _register_ode(compress: argparse._SubParsersAction) -> None:
     ode.set_defaults(func=cmd_compress_ode, _parser=ode)
 
 
-# ------------------------------------------------------------------------------ ode
-def cmd_compress_ode(args: argparse.Namespace) -> int:
-    from plmkit.compress.ode import ODEConfig
-    from plmkit.compress.ode_job import ODESetup, ode_compress
-
-    setup = build_dataclass(ODESetup, args)
-    config = build_dataclass(ODEConfig, args)
-    label = f"{Path(setup.backbone).name}-{Path(setup.task).name}-ode"
-    return run_job(args, "compress-ode", label, lambda trainer, run: ode_compress(setup, config, trainer, run),
-                   _print_ode_summary)
-
-
-def _print_ode_summary(metrics: dict[str, Any], run_path: Path) -> None:
-    key, batch = metrics["metric"], metrics["latency_batch"]
-    rows = [[row["model"], row["steps"], row["evals"], row["latency_ms"], row["gflops"], row["validation"],
-             row["test"]] for row in metrics["table"]]
-    print("\n" + format_table(rows, ["model", "steps/layers", "F evals", "latency ms", "GFLOPs", f"validation {key}",
-                                     f"test {key}"],
-                              title=f"{metrics['model']} on {metrics['task']}: shared ODE model vs layer dropping "
-                                    f"(forward of {batch[0]} x {batch[1]} tokens)"))
-    print(f"\nrun folder: {run_path}  (metrics.json, ode_table.json, accuracy_latency.png, model/, run.log)")
-
-
-def _register_ode(compress: argparse._SubParsersAction) -> None:
-    from plmkit.compress.ode import ODEConfig
-    from plmkit.compress.ode_job import ODESetup
-    from plmkit.trainer import TrainerConfig
-
-    ode = compress.add_parser(
-        "ode", epilog=EPILOG, help="parameter-shared encoder solved as an ODE: fewer, larger steps at inference",
-        description="Fine-tune the dense model on --task, build a shared-layer (pre-LN, Euler-step) encoder from it, "
-                    "train it to tolerate large steps (step counts drawn per batch, distillation from the dense "
-                    "model), and compare steps -> latency, FLOPs, accuracy with dropping layers of the dense model.")
-    add_common(ode)
-    add_dataclass_arguments(ode, ODESetup, title="model and task", aliases=MODEL_ALIAS)
-    add_dataclass_arguments(ode, ODEConfig, title="shared model and solver", exclude=("extra",))
-    add_dataclass_arguments(ode, TrainerConfig, title="training", defaults=TRAINING_DEFAULTS)
-    ode.set_defaults(func=cmd_compress_ode, _parser=ode)
-
-
 # ------------------------------------------------------------------------------ merge
 def cmd_compress_merge(args: argparse.Namespace) -> int:
     from plmkit.compress.mpo_io import export_dense
@@ -252,7 +212,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_dataclass_arguments(deep, DeepMPOConfig, title="depth scaling")
     add_dataclass_arguments(deep, TrainerConfig, title="training", defaults=TRAINING_DEFAULTS)
     deep.set_defaults(func=cmd_compress_deep, _parser=deep)
-    _register_ode(compress)
     _register_ode(compress)
 
     merge = compress.add_parser("merge", help="write a saved MPO model as a plain Hugging Face folder")
