@@ -139,7 +139,7 @@ def _generation_config(tokenizer: Any, model: Any, max_new_tokens: int) -> Any:
     eos = getattr(model.generation_config, "eos_token_id", None)
     if eos is None:
         eos = tokenizer.eos_token_id
-    return GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+    return GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=True,
                             pad_token_id=tokenizer.pad_token_id, eos_token_id=eos)
 
 
@@ -157,7 +157,7 @@ def _generate_batch(backbone: Any, rows: list[tuple[str, int, int]], config: Sam
     uniforms = torch.stack([row_uniforms(config.seed, i, r, config.max_new_tokens) for _, i, r in rows])
     sampler = _Sampler(uniforms, width, config)  # (rows, max_new_tokens) uniforms
     out = model.generate(**inputs, generation_config=_generation_config(tokenizer, model, config.max_new_tokens),
-                         logits_processor=LogitsProcessorList([sampler]), use_cache=True)
+                         logits_processor=LogitsProcessorList([sampler]))
     return tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
 
 
