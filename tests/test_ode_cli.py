@@ -1,0 +1,37 @@
+"""``plmkit compress ode`` end to end on the tiny random backbone and a small task folder."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from plmkit.compress.ode_build import load_ode_model
+
+
+@pytest.mark.slow  # three trainings (dense, shared, one dropped-layer model): ~90 s on the shared CPU
+def test_ode_cli_writes_table_plot_and_a_model_that_reloads_with_any_steps(tmp_path, tiny_backbone_dir, capsys):
+    from plmkit.cli import main
+    from tests.test_cli import _write_task
+
+    task = _write_task(tmp_path / "task")
+    run = tmp_path / "ode"
+    assert main(["compress", "ode", "--backbone", str(tiny_backbone_dir), "--task", str(task), "--depth", "4",
+                 "--eval-steps", "4,2,1", "--epochs", "1", "--batch-size", "8", "--max-length", "16",
+                 "--latency-batch", "2", "--latency-tokens", "8", "--output-dir", str(run), "--no-progress",
+                 "--no-save-checkpoints"]) == 0
+    out = capsys.readouterr().out
+    assert "shared ODE (euler)" in out and "layer dropping" in out and "GFLOPs" in out
+    table = json.loads((run / "ode_table.json").read_text())["rows"]
+    ode = {row["steps"]: row for row in table if row["model"].startswith("shared")}
+    drop = {row["steps"]: row for row in table if row["model"] == "layer dropping"}
+    assert sorted(ode) == [1, 2, 4] and sorted(drop) == [1]  # the tiny backbone has 2 layers
+    assert ode[4]["gflops"] > ode[2]["gflops"] > ode[1]["gflops"]
+    assert abs(ode[1]["gflops"] - drop[1]["gflops"]) < 0.05 * drop[1]["gflops"]  # equal compute
+    assert (run / "accuracy_latency.png").stat().st_size > 1000
+    loaded = load_ode_model(run / "model", steps=2)
+    batch = loaded.tokenizer(["the movie was great"], return_tensors="pt")
+    with torch.no_grad():
+        logits = loaded.model(batch["input_ids"], batch["attention_mask"])
+    assert logits.shape == (1, 2) and loaded.model.encoder.last_evals == 2
