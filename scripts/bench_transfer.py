@@ -8,6 +8,11 @@ environment with a plain AdamW loop.
 
     python scripts/bench_transfer.py --preset cpu          # small shapes, ratios (2-core CPU)
     python scripts/bench_transfer.py --preset gpu          # BERT-base, batch 32 x 128, bf16
+    python scripts/bench_transfer.py --preset gpu --sources 8 --skip-compile   # without the compiled row
+
+The "ours scalearn+compile" column trains ScaLearn with the trainer's ``compile=True`` (torch.compile
+before the DeepSpeed engine); compilation happens in the first (warm-up) step, so the timed steps
+measure the compiled graph. The target is >= 5x the peer's AdapterFusion throughput at N = 8.
 
 Peer environment (made once, ignored by git):
     python -m venv .bench/adapters-venv
@@ -120,7 +125,7 @@ class _Clock:
 
 
 # ----------------------------------------------------------------------------- workers
-def worker_ours(method: str, n: int, shape: dict, steps: int, warmup: int) -> dict:
+def worker_ours(method: str, n: int, shape: dict, steps: int, warmup: int, compile: bool = False) -> dict:
     import tempfile
 
     import torch
@@ -152,7 +157,8 @@ def worker_ours(method: str, n: int, shape: dict, steps: int, warmup: int) -> di
         return classification_loss(m, batch)
 
     config = TrainerConfig(output_dir=str(tmp / "run"), epochs=1, batch_size=1, learning_rate=1e-4,
-                           precision=shape["precision"], save_checkpoints=False, progress=False)
+                           precision=shape["precision"], save_checkpoints=False, progress=False,
+                           compile=compile)
     Trainer(model, loss_fn, data, config, collate_fn=lambda items: items[0]).train()
     return clock.result(shape["batch"])
 
@@ -193,9 +199,10 @@ def worker_peer(method: str, n: int, shape: dict, steps: int, warmup: int) -> di
 
 
 # ----------------------------------------------------------------------------- driver
-def _run_worker(python: str, side: str, method: str, n: int, args: argparse.Namespace) -> dict:
+def _run_worker(python: str, side: str, method: str, n: int, args: argparse.Namespace,
+                compile: bool = False) -> dict:
     command = [python, __file__, "--worker", side, "--method", method, "--n", str(n), "--preset", args.preset,
-               "--steps", str(args.steps), "--warmup", str(args.warmup)]
+               "--steps", str(args.steps), "--warmup", str(args.warmup)] + (["--compile"] if compile else [])
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])} if side == "ours" else None
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=3600)
     if done.returncode != 0:
@@ -203,15 +210,28 @@ def _run_worker(python: str, side: str, method: str, n: int, args: argparse.Name
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _compiled_cells(row: dict) -> tuple[str, ...]:
+    """Throughput and speed ratio of the compiled ScaLearn run ("-" when skipped, "error" when it failed)."""
+    compiled = row.get("ours_scalearn_compiled")
+    if compiled is None:
+        return ("-", "-")
+    if "samples_per_s" not in compiled:
+        return ("error", "error")
+    return (f"{compiled['samples_per_s']:.1f}", f"{row['scalearn_compiled_speed_ratio']:.2f}x")
+
+
 def _table(rows: list[dict]) -> str:
-    header = ("N", "ours fusion s/s", "ours scalearn s/s", "peer fusion s/s", "fusion ratio", "scalearn ratio",
-              "ours fusion MB", "ours scalearn MB", "peer fusion MB", "scalearn/peer mem")
+    header = ("N", "ours fusion s/s", "ours scalearn s/s", "ours scalearn+compile s/s", "peer fusion s/s",
+              "fusion ratio", "scalearn ratio", "scalearn+compile ratio", "ours fusion MB", "ours scalearn MB",
+              "peer fusion MB", "scalearn/peer mem")
     lines = ["  ".join(header)]
     for r in rows:
+        compiled, compiled_ratio = _compiled_cells(r)
         lines.append("  ".join(str(v) for v in (
             r["n"], f"{r['ours_fusion']['samples_per_s']:.1f}", f"{r['ours_scalearn']['samples_per_s']:.1f}",
-            f"{r['peer_fusion'].get('samples_per_s', float('nan')):.1f}", f"{r['fusion_speed_ratio']:.2f}x",
-            f"{r['scalearn_speed_ratio']:.2f}x", f"{r['ours_fusion']['step_mb']:.0f}",
+            compiled, f"{r['peer_fusion'].get('samples_per_s', float('nan')):.1f}",
+            f"{r['fusion_speed_ratio']:.2f}x", f"{r['scalearn_speed_ratio']:.2f}x", compiled_ratio,
+            f"{r['ours_fusion']['step_mb']:.0f}",
             f"{r['ours_scalearn']['step_mb']:.0f}", f"{r['peer_fusion'].get('step_mb', float('nan')):.0f}",
             f"{r['scalearn_memory_ratio']:.2f}")))
     return "\n".join(lines)
@@ -225,14 +245,20 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--peer-python", default=str(DEFAULT_PEER))
     parser.add_argument("--out", default=None)
+    parser.add_argument("--skip-compile", action="store_true",
+                        help="leave out the ScaLearn run with the trainer's compile option on")
+    parser.add_argument("--compile", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--worker", choices=["ours", "peer"], help=argparse.SUPPRESS)
     parser.add_argument("--method", default="fusion", help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, default=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     shape = PRESETS[args.preset]
     if args.worker:
-        work = worker_ours if args.worker == "ours" else worker_peer
-        print(json.dumps(work(args.method, args.n, shape, args.steps, args.warmup)))
+        if args.worker == "ours":
+            result = worker_ours(args.method, args.n, shape, args.steps, args.warmup, compile=args.compile)
+        else:
+            result = worker_peer(args.method, args.n, shape, args.steps, args.warmup)
+        print(json.dumps(result))
         return
     if not Path(args.peer_python).exists():
         sys.exit(f"peer environment missing: {args.peer_python} (see this script's docstring)")
@@ -245,6 +271,11 @@ def main() -> None:
         row["fusion_speed_ratio"] = row["ours_fusion"]["samples_per_s"] / peer.get("samples_per_s", float("nan"))
         row["scalearn_speed_ratio"] = row["ours_scalearn"]["samples_per_s"] / peer.get("samples_per_s", float("nan"))
         row["scalearn_memory_ratio"] = row["ours_scalearn"]["step_mb"] / peer.get("step_mb", float("nan"))
+        if not args.skip_compile:
+            compiled = _run_worker(sys.executable, "ours", "scalearn", n, args, compile=True)
+            row["ours_scalearn_compiled"] = compiled
+            row["scalearn_compiled_speed_ratio"] = (compiled.get("samples_per_s", float("nan"))
+                                                    / peer.get("samples_per_s", float("nan")))
         rows.append(row)
         print(f"N={n}: {json.dumps(row)}", file=sys.stderr)
     print(f"preset {args.preset}: {shape}; {args.steps} timed steps after {args.warmup} warm-up; "
