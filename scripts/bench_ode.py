@@ -1,0 +1,108 @@
+"""ODE benchmark: accuracy-latency frontier of the step-robust shared MiniLM vs dropping layers.
+
+For each task (rotten-tomatoes and GLUE SST-2 from ../shared/data/glue/sst2) this runs the
+``plmkit compress ode`` job: fine-tune MiniLM-L6 (the dense reference and teacher), build the fully
+shared model (T = 6 Euler steps, block = mean of the 6 layers), train it with step counts drawn per
+batch from {6, 3, 2} plus distillation, then measure 6, 3, 2 and 1 steps; the baseline keeps the first
+3, 2 and 1 layers of the fine-tuned dense model and fine-tunes each the same way.
+
+    python scripts/bench_ode.py --train-samples 1000 --eval-samples 400 --max-length 48 --epochs 1
+
+Latency is the median wall time of one eval forward of a fixed batch (``--latency-batch`` x
+``--latency-tokens``) on the CPU; no GPU figures come from a machine without one. Prints one table
+per task and writes JSON (``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TASKS = ("rotten-tomatoes", str(ROOT.parent / "shared" / "data" / "glue" / "sst2"))
+
+
+def _summary(rows: list[dict], full_steps: int) -> dict:
+    ode = {row["steps"]: row for row in rows if row["model"].startswith("shared")}
+    drop = {row["steps"]: row for row in rows if row["model"] == "layer dropping"}
+    full = ode[full_steps]
+    out = {"full_steps": full_steps, "per_budget": []}
+    for steps, row in sorted(ode.items(), reverse=True):
+        entry = {"steps": steps, "speedup_vs_full": full["latency_ms"] / row["latency_ms"],
+                 "test_drop_points": 100 * (full["test"] - row["test"])}
+        if steps in drop:
+            entry["ahead_of_layer_dropping_points"] = 100 * (row["test"] - drop[steps]["test"])
+        out["per_budget"].append(entry)
+    return out
+
+
+def run_task(task: str, args: argparse.Namespace, folder: Path) -> dict:
+    from plmkit.compress.ode import ODEConfig
+    from plmkit.compress.ode_job import ODESetup, ode_compress
+    from plmkit.runs import RunFolder
+    from plmkit.trainer import TrainerConfig
+
+    setup = ODESetup(backbone=args.backbone, task=task, max_train_samples=args.train_samples,
+                     max_eval_samples=args.eval_samples, max_length=args.max_length, eval_steps=args.eval_steps,
+                     latency_batch=args.latency_batch, latency_tokens=args.latency_tokens,
+                     ode_epochs=args.ode_epochs, ode_learning_rate=args.ode_learning_rate)
+    run = RunFolder.create("bench-ode", str(folder / Path(task).name), label=Path(task).name)
+    trainer = TrainerConfig(output_dir=str(run.path), epochs=args.epochs, batch_size=args.batch_size,
+                            learning_rate=args.learning_rate, warmup_ratio=0.1, save_checkpoints=False,
+                            progress=False, seed=args.seed)
+    started = time.perf_counter()
+    metrics = ode_compress(setup, ODEConfig(train_steps=args.train_steps), trainer, run)
+    rows = metrics["table"]
+    depth = metrics["ode_config"]["depth"]
+    return {"task": Path(task).name, "metric": metrics["metric"], "rows": rows, "summary": _summary(rows, depth),
+            "dense_fine_tuned": metrics.get("dense", {}).get("test"), "wall_time_s": time.perf_counter() - started}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", default="minilm-l6")
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS))
+    parser.add_argument("--train-samples", type=int, default=1000)
+    parser.add_argument("--eval-samples", type=int, default=400)
+    parser.add_argument("--max-length", type=int, default=48)
+    parser.add_argument("--epochs", type=int, default=1, help="epochs of the dense and baseline fine-tuning")
+    parser.add_argument("--ode-epochs", type=int, default=None, help="epochs of the shared model (default --epochs)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--ode-learning-rate", type=float, default=None)
+    parser.add_argument("--train-steps", default="auto")
+    parser.add_argument("--eval-steps", default="6,3,2,1")
+    parser.add_argument("--latency-batch", type=int, default=32)
+    parser.add_argument("--latency-tokens", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--out", default=str(ROOT / "scripts" / "results" / "bench_ode.json"))
+    args = parser.parse_args(argv)
+
+    sys.path.insert(0, str(ROOT))
+    from plmkit.cliargs import quiet_libraries
+    from plmkit.report import format_table
+
+    quiet_libraries()
+    results = {"settings": vars(args), "device": "cpu", "tasks": []}
+    with tempfile.TemporaryDirectory(prefix="bench-ode-") as tmp:
+        for task in args.tasks:
+            result = run_task(task, args, Path(tmp))
+            results["tasks"].append(result)
+            key = result["metric"]
+            print("\n" + format_table(
+                [[r["model"], r["steps"], r["latency_ms"], r["gflops"], r["validation"], r["test"]]
+                 for r in result["rows"]],
+                ["model", "steps/layers", "latency ms", "GFLOPs", f"validation {key}", f"test {key}"],
+                title=f"{result['task']} ({result['wall_time_s']:.0f} s)"))
+            print(json.dumps(result["summary"], indent=1))
+            Path(args.out).write_text(json.dumps(results, indent=1))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
