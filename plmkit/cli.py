@@ -20,9 +20,10 @@ from plmkit.report import format_table
 def _families():
     """Each method family adds its own subcommands (``register(subparsers)`` in its ``cli`` module)."""
     from plmkit.compress import cli as compress_cli
+    from plmkit.generation import cli as generation_cli
     from plmkit.mtl import cli as mtl_cli
 
-    return (mtl_cli.register, compress_cli.register)
+    return (mtl_cli.register, compress_cli.register, generation_cli.register)
 
 
 # ------------------------------------------------------------------------------- assets
