@@ -1,0 +1,88 @@
+"""SCT benchmark: small MiniLM students after SCT, SCT distillation, SimCSE and MSE distillation on STS-B test.
+
+Rows: the raw 6-layer MiniLM, the raw student (MiniLM cut to its first ``--layers``), the teacher, and the
+student after each method, all trained on the same unlabelled sentences with the same trainer settings
+(steps, batch, learning rate). Evaluation: Spearman x100 of cosine similarity on
+``../shared/data/sts/stsb_test.jsonl`` (never trained on). Training sentences: the first sentence of each
+GLUE STS-B training pair (labels unused), subsampled with ``--train-samples`` for CPU runs. Also reports
+training time, sentences/s and encoder parameter counts.
+
+    python scripts/bench_sct.py --train-samples 2000 --epochs 1
+
+Runs ``plmkit embed`` (the CLI) into ``--run-dir``, then prints a table and writes JSON (``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+
+
+def parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--train-samples", type=int, default=2000, help="training sentences (0: all)")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--layers", default="3", help="student layers kept from MiniLM")
+    parser.add_argument("--teacher", default="mpnet-base")
+    parser.add_argument("--methods", default="sct,sct-distill,simcse,mse")
+    parser.add_argument("--augment", default="delete")
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--run-dir", default=str(ROOT / "runs" / "bench_sct"))
+    parser.add_argument("--out", default=str(ROOT / "scripts" / "results" / "bench_sct.json"))
+    return parser.parse_args()
+
+
+def full_minilm_score(test: Path, max_length: int) -> dict:
+    from plmkit.backbones import load_encoder
+    from plmkit.compress.sct_train import load_eval_pairs
+    from plmkit.embeddings import STSEvaluator
+
+    backbone = load_encoder("minilm-l6")
+    started = time.perf_counter()
+    score = STSEvaluator(load_eval_pairs(str(test)), backbone.tokenizer, "mean", max_length=max_length)(backbone.model)
+    return {"spearman": {str(test): 100 * score["spearman"]},
+            "encoder_params": sum(p.numel() for p in backbone.model.parameters()),
+            "eval_s": time.perf_counter() - started}
+
+
+def main() -> int:
+    args = parse()
+    from plmkit.cli import main as plmkit_main
+    from plmkit.compress.sct_job import summary_rows
+    from plmkit.report import format_table
+
+    test = SHARED / "sts" / "stsb_test.jsonl"
+    train = SHARED / "glue" / "stsb" / "train.jsonl"
+    argv = ["embed", "--model", "minilm-l6", "--layers", args.layers, "--teacher", args.teacher,
+            "--data", str(train), "--text-fields", "text_a", "--eval", str(test), "--methods", args.methods,
+            "--max-train-samples", str(args.train_samples), "--epochs", str(args.epochs),
+            "--batch-size", str(args.batch_size), "--learning-rate", str(args.learning_rate),
+            "--augment", args.augment, "--max-length", str(args.max_length), "--no-progress",
+            "--output-dir", args.run_dir, "--overwrite"]
+    started = time.perf_counter()
+    code = plmkit_main(argv)
+    if code:
+        return code
+    metrics = json.loads((Path(args.run_dir) / "metrics.json").read_text())
+    metrics["models"] = {"raw minilm-l6 (6 layers)": full_minilm_score(test, args.max_length), **metrics["models"]}
+    rows, header = summary_rows(metrics)
+    print("\n" + format_table(rows, header, title="STS-B test, Spearman x100 (CPU subsample)"))
+    result = {"command": "python scripts/bench_sct.py " + " ".join(sys.argv[1:]), "plmkit_embed_argv": argv,
+              "settings": vars(args), "wall_time_s": time.perf_counter() - started, "metrics": metrics,
+              "hardware": "CPU only (shared machine, 2 cores); no GPU this session"}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
