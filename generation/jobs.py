@@ -26,6 +26,7 @@ from plmkit.generation.zerogen import GenerationConfig, synthesise
 from plmkit.generation.zeroshot import zero_shot_accuracy
 from plmkit.jobs import DataArgs, finetune_and_evaluate
 from plmkit.runs import RunFolder, environment
+from plmkit.tasks import load_task
 from plmkit.textclf import TaskData, train_classifier
 from plmkit.trainer import TrainerConfig
 
@@ -129,7 +130,7 @@ def run_generate(setup: GenerateSetup, generation: GenerationConfig, model_confi
             metrics["synthetic"] = write_synthetic(folder, spec, setup.held_out, setup.generation_seed)
         distributed.barrier()
         synthetic_path = folder / "synthetic"
-    synthetic = setup.load(str(synthetic_path), label_names=spec.labels, max_train_samples=0, max_eval_samples=0)
+    synthetic = load_task(str(synthetic_path), label_names=spec.labels, seed=setup.data_seed)  # all of it
     _, _, metrics["synthetic_model"] = train_task_model(synthetic, model_config, trainer, setup.loss,
                                                         setup.max_length, run.path / "synthetic_model", real)
     if real is not None and setup.zero_shot:

@@ -1,0 +1,69 @@
+"""``plmkit generate`` end to end on a tiny random generator and a tiny real task; label mismatches refused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from plmkit.cli import main
+
+SPEC = {"name": "tiny", "labels": ["negative", "positive"],
+        "prompts": {"negative": "a bad movie was", "positive": "a good movie was"},
+        "zero_shot": "the {label} movie {text}", "filters": {"min_words": 1, "max_words": 50}}
+GOOD = ["good fun film", "loved the great story", "a really funny show", "great actor and good plot"]
+BAD = ["bad boring film", "hated the awful story", "a really boring show", "awful actor and bad plot"]
+
+
+@pytest.fixture
+def setup_files(make_decoder, tmp_path):
+    backbone = make_decoder("llama")
+    backbone.model.save_pretrained(tmp_path / "gen")
+    backbone.tokenizer.save_pretrained(tmp_path / "gen")
+    (tmp_path / "spec.json").write_text(json.dumps(SPEC))
+    real = tmp_path / "real"
+    real.mkdir()
+    for split in ("train", "validation", "test"):
+        rows = [{"text": t, "label": "positive"} for t in GOOD] + [{"text": t, "label": "negative"} for t in BAD]
+        (real / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return tmp_path
+
+
+def _args(root, out, *extra):
+    return ["generate", "--spec", str(root / "spec.json"), "--generator", str(root / "gen"), "--n", "16",
+            "--samples-per-condition", "4", "--max-new-tokens", "6", "--chunk-size", "2",
+            "--generation-batch-size", "8", "--held-out", "0.25", "--epochs", "2", "--batch-size", "4",
+            "--hidden-size", "8", "--embedding-dim", "8", "--no-progress", "--output-dir", str(out), *extra]
+
+
+def test_generate_end_to_end_with_both_baselines(setup_files, capsys):
+    root = setup_files
+    assert main(_args(root, root / "run", "--eval", str(root / "real"), "--loss", "sce")) == 0
+    metrics = json.loads((root / "run" / "metrics.json").read_text())
+    assert metrics["generation"]["samples_made"] == 16
+    counts = metrics["synthetic"]["filter_counts"]
+    assert counts["generated"] == 16 and counts["kept"] == sum(metrics["synthetic"]["kept_per_label"].values())
+    for key in ("validation", "test", "synthetic_test"):
+        assert 0.0 <= metrics["synthetic_model"][key]["accuracy"] <= 1.0
+    assert metrics["zero_shot"]["examples"] == 8
+    assert set(metrics["supervised"]) == {"train", "validation", "test"}
+    lines = (root / "run" / "generation" / "synthetic" / "train.jsonl").read_text().splitlines()
+    assert {json.loads(line)["label"] for line in lines} <= {"negative", "positive"}
+    out = capsys.readouterr().out
+    assert "zero-shot prompting of the generator" in out and "supervised" in out and "near_duplicate" in out
+    # resuming the finished run makes nothing new and keeps the same data set
+    assert main(_args(root, root / "run", "--eval", str(root / "real"), "--loss", "sce", "--resume",
+                      "--no-zero-shot", "--no-supervised")) == 2  # other settings: refused, not mixed
+    assert "Differences" in capsys.readouterr().err
+
+
+def test_eval_task_with_other_labels_is_a_clear_error(setup_files, capsys):
+    root = setup_files
+    other = root / "other"
+    other.mkdir()
+    rows = [{"text": t, "label": "sport"} for t in GOOD] + [{"text": t, "label": "tech"} for t in BAD]
+    (other / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(_args(root, root / "run2", "--eval", str(other))) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "label" in err and "Traceback" not in err
+    assert not (root / "run2" / "generation").exists()  # refused before generating anything
