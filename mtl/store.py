@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from plmkit.io import file_lock
 from plmkit.saving import CONFIG, WEIGHTS
 
 
@@ -90,13 +91,7 @@ class AdapterStore:
     @contextlib.contextmanager
     def locked(self, key: str) -> Iterator[None]:
         """Hold the per-key lock: one process at a time trains (or writes) the entry for ``key``."""
-        try:
-            from plmkit.assets.cache import lock as _lock
-        except ImportError:  # the single-module layout of the asset cache
-            from plmkit.assets import _lock
-
-        name = "store-" + hashlib.sha256(str(self.path(key).resolve()).encode()).hexdigest()[:24]
-        with _lock(name, quiet=True):
+        with file_lock(self.root / ".locks" / (key.replace("/", "--") + ".lock")):
             yield
 
     def put(self, key: str, folder: str | Path) -> Path:

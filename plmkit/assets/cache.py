@@ -18,11 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from plmkit.assets.registry import Asset, AssetError
-
-try:  # POSIX only; elsewhere the atomic rename alone keeps concurrent fetches safe.
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None  # type: ignore[assignment]
+from plmkit.io import file_lock
 
 MARKER = "asset.json"
 
@@ -107,15 +103,8 @@ def sha256_of(path: Path) -> str:
 @contextlib.contextmanager
 def lock(name: str, quiet: bool) -> Iterator[None]:
     """Hold an exclusive per-asset lock so two processes never build the same asset at once."""
-    locks = cache_dir() / "locks"
-    locks.mkdir(parents=True, exist_ok=True)
-    with open(locks / f"{name}.lock", "w") as fh:
-        if fcntl is not None:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                say(f"waiting for another process fetching {name}", quiet)
-                fcntl.flock(fh, fcntl.LOCK_EX)
+    with file_lock(cache_dir() / "locks" / f"{name}.lock",
+                   on_wait=lambda: say(f"waiting for another process fetching {name}", quiet)):
         yield
 
 
