@@ -75,17 +75,38 @@ def _print_transfer_summary(metrics: dict, run_path: Path) -> None:
 
     if not distributed.is_main_process():
         return
+    _print_source_quality(metrics.get("source_quality") or [])
     metric = metrics["metric"]
-    rows = [[r["method"], f"{r['test_mean']:.4f} ± {r['test_std']:.4f}", f"{r['validation_mean']:.4f}",
-             r["transfer_parameters"], r["trainable_parameters"], f"{r['train_time_s']:.0f}",
-             f"{r['peak_memory_mb']:.0f}"] for r in metrics["summary"]]
+    with_gain = any("gain" in r for r in metrics["summary"])
+    rows = [[r["method"], f"{r['test_mean']:.4f} ± {r['test_std']:.4f}"]
+            + ([_gain(r)] if with_gain else [])
+            + [f"{r['validation_mean']:.4f}", r["transfer_parameters"], r["trainable_parameters"],
+               f"{r['train_time_s']:.0f}", f"{r['peak_memory_mb']:.0f}"] for r in metrics["summary"]]
     seeds = len(metrics["summary"][0]["seeds"])
     title = (f"{metrics['target']} ({metric}; test mean ± std over {seeds} seed(s)); sources: "
              + ", ".join(metrics["sources"] or ["-"]))
-    print("\n" + format_table(rows, ["method", f"test {metric}", "validation", "transfer params",
+    gain_header = [f"gain vs {metrics.get('baseline')}"] if with_gain else []
+    print("\n" + format_table(rows, ["method", f"test {metric}", *gain_header, "validation", "transfer params",
                                      "trainable", "train s", "peak MB"], title=title))
     plots = ", ".join(p for p in metrics["plots"].values() if p)
     print(f"\nrun folder: {run_path}  (metrics.json, config.json{', ' + plots if plots else ''}, run.log)")
+
+
+def _gain(row: dict) -> str:
+    if row.get("gain") is None:
+        return "-"
+    return f"{row['gain']:+.4f} ± {row['gain_std']:.4f}"
+
+
+def _print_source_quality(qualities: list[dict]) -> None:
+    """Each source's validation metric beside its constant (majority-class) baseline; weak ones flagged."""
+    if not qualities:
+        return
+    rows = [[q["name"], q["metric"], f"{q['validation']:.4f}", f"{q['constant_baseline']:.4f}",
+             "WEAK" if q["weak"] else "ok"] for q in qualities]
+    print("\n" + format_table(rows, ["source", "metric", "validation", "constant baseline", "quality"],
+                               title="stage-1 sources (weak: validation within "
+                                     f"{qualities[0]['margin']:.2f} of the constant baseline)"))
 
 
 def register_transfer(sub: argparse._SubParsersAction) -> None:
@@ -120,26 +141,13 @@ def _method_flag_fields() -> dict[str, tuple[type, str]]:
 def add_method_flags(parser: argparse.ArgumentParser) -> None:
     """Each registered method's own flags (``--fusion-value``, ``--scalearn-dropout``, ...), documented
     by its config's field docstrings; a flag another group already defines is not added twice."""
-    import dataclasses
-    import typing
-
-    from plmkit.cliargs import _base_type, field_docs
+    from plmkit.cliargs import add_field_argument
 
     taken = {action.dest for action in parser._actions}
     group = parser.add_argument_group("method options")
     for dest, (cls, name) in _method_flag_fields().items():
-        if dest in taken:
-            continue
-        default = next(f.default for f in dataclasses.fields(cls) if f.name == name)
-        kind = _base_type(typing.get_type_hints(cls)[name])
-        help_text = f"{field_docs(cls).get(name, '')} (default: {default})".strip().replace("%", "%%")
-        flag = f"--{dest.replace('_', '-')}"
-        if kind is bool:
-            group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=default, help=help_text)
-        else:
-            spellings = [flag, f"--{dest}"] if "_" in dest else [flag]
-            group.add_argument(*spellings, dest=dest, type=kind, default=default, help=help_text,
-                               metavar=kind.__name__.upper())
+        if dest not in taken:
+            add_field_argument(group, cls, name, dest=dest)
 
 
 def _method_options(args: argparse.Namespace) -> dict:

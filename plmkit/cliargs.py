@@ -14,6 +14,7 @@ import json
 import textwrap
 import types
 import typing
+from dataclasses import MISSING
 from pathlib import Path
 from typing import Any
 
@@ -45,34 +46,39 @@ def _base_type(annotation: Any) -> Any:
     return annotation
 
 
+def add_field_argument(group: Any, cls: type, name: str, dest: str | None = None, default: Any = MISSING,
+                       extra_flags: tuple[str, ...] = ()) -> None:
+    """One flag for field ``name`` of dataclass ``cls``: ``--<dest>`` typed from the annotation, its help
+    from the field's docstring; ``dest`` renames it (e.g. a method's field ``dropout`` as
+    ``scalearn_dropout``) and ``default`` overrides the field's own default."""
+    field = next(f for f in dataclasses.fields(cls) if f.name == name)
+    dest = dest or name
+    default = field.default if default is MISSING else default
+    kind = _base_type(typing.get_type_hints(cls)[name])
+    flags = [f"--{dest.replace('_', '-')}"]
+    if "_" in dest and kind is not bool:
+        flags.append(f"--{dest}")  # the spelling transformers' flags use
+    flags.extend(extra_flags)
+    # argparse %-formats help strings: a literal "50 %" in a docstring must not break --help
+    help_text = f"{field_docs(cls).get(name, '')} (default: {default})".strip().replace("%", "%%")
+    if kind is bool:
+        group.add_argument(*flags, dest=dest, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+    else:
+        group.add_argument(*flags, dest=dest, type=kind, default=default, help=help_text,
+                           metavar=kind.__name__.upper() if hasattr(kind, "__name__") else None)
+
+
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, exclude: tuple[str, ...] = (),
                             defaults: dict[str, Any] | None = None, title: str | None = None,
                             aliases: dict[str, tuple[str, ...]] | None = None) -> None:
     """One flag per field of ``cls``; ``aliases`` maps a field to extra flag spellings (kept old names)."""
     group = parser.add_argument_group(title or cls.__name__)
-    aliases = aliases or {}
-    hints = typing.get_type_hints(cls)
-    docs = field_docs(cls)
-    defaults = defaults or {}
+    aliases, defaults = aliases or {}, defaults or {}
     for field in dataclasses.fields(cls):
-        if field.name in exclude:
-            continue
         default = defaults.get(field.name, field.default)
-        if default is dataclasses.MISSING:
+        if field.name in exclude or default is MISSING:
             continue
-        kind = _base_type(hints[field.name])
-        flags = [f"--{field.name.replace('_', '-')}"]
-        if "_" in field.name and kind is not bool:
-            flags.append(f"--{field.name}")  # the spelling transformers' flags use
-        flags.extend(aliases.get(field.name, ()))
-        # argparse %-formats help strings: a literal "50 %" in a docstring must not break --help
-        help_text = f"{docs.get(field.name, '')} (default: {default})".strip().replace("%", "%%")
-        if kind is bool:
-            group.add_argument(*flags, dest=field.name, action=argparse.BooleanOptionalAction,
-                               default=default, help=help_text)
-        else:
-            group.add_argument(*flags, dest=field.name, type=kind, default=default, help=help_text,
-                               metavar=kind.__name__.upper() if hasattr(kind, "__name__") else None)
+        add_field_argument(group, cls, field.name, default=default, extra_flags=aliases.get(field.name, ()))
 
 
 def build_dataclass(cls: type, namespace: argparse.Namespace, **overrides: Any) -> Any:
