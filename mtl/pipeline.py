@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import logging
 import statistics
 import time
@@ -24,8 +25,8 @@ from plmkit.memory import peak_memory_mb, reset_peak_memory
 from plmkit.models import build_classifier
 from plmkit.mtl.adapters import KIND, AdapterConfig
 from plmkit.mtl.fingerprint import backbone_fingerprint, data_fingerprint
-from plmkit.mtl.registry import transfer_method, transfer_methods
-from plmkit.mtl.stage1 import train_source
+from plmkit.mtl.registry import source_kind, transfer_method, transfer_methods
+from plmkit.mtl.stage1 import WEAK_MARGIN, source_quality, train_source
 from plmkit.mtl.store import AdapterStore, store_key
 from plmkit.mtl.transfer import Composition, SourceRef, attach_transfer
 from plmkit.report import plot_heatmap
@@ -71,10 +72,17 @@ class TransferSetup:
     """Training examples per source adapter (0 uses all)."""
     source_max_eval_samples: int | None = 1000
     """Validation examples per source adapter (0 uses all)."""
-    source_epochs: int = 1
+    source_epochs: int = 5
+    """Most epochs per source adapter; with the sample limit this is the per-source budget."""
+    source_patience: int | None = 2
+    """Stop a source after this many epochs without a better validation metric (best weights kept)."""
     source_learning_rate: float = 1e-3
     reduction_factor: int = 16
     """Bottleneck of the source adapters: hidden / reduction_factor."""
+    baseline: bool = True
+    """Also train the target's own adapter ('adapter') on the same split and seeds; report each gain over it."""
+    weak_margin: float = WEAK_MARGIN
+    """A source whose validation metric is within this of its constant (majority-class) baseline is weak."""
     method_options: dict[str, Any] = field(default_factory=dict)
     """Values of the methods' own flags by flag name (``fusion_value``, ``scalearn_dropout``, ...)."""
 
@@ -87,12 +95,15 @@ class TransferSetup:
         return Composition(method=method, sources=refs, config=self.method_config(method))
 
     def methods(self) -> list[str]:
+        """The methods to run, the baseline adapter first when ``baseline`` adds it."""
         known = transfer_methods()
         names = list(known) if self.compare == "all" else (self.compare.split(",") if self.compare else [self.method])
         names = [n.strip() for n in names if n.strip()]
         unknown = [n for n in names if n not in known]
         if unknown:
             raise ConfigError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(known)}")
+        if self.baseline and BASELINE not in names:
+            names.insert(0, BASELINE)
         return names
 
     def seed_list(self) -> list[int]:
@@ -101,11 +112,29 @@ class TransferSetup:
         except ValueError as error:
             raise ConfigError(f"--seeds must be comma-separated integers, got {self.seeds!r}") from error
 
+    def source_config(self, kind: str) -> Any:
+        """The stage-1 config of ``kind``: the adapter's from --reduction-factor, others from the first
+        method (of this run) that composes ``kind`` and whose config has ``source_config()``."""
+        if kind == KIND:
+            return AdapterConfig(reduction_factor=self.reduction_factor)
+        for name in self.methods():
+            config = self.method_config(name)
+            if kind in transfer_method(name).source_kinds and hasattr(config, "source_config"):
+                return config.source_config()
+        return source_kind(kind).config_class()
+
     def source_list(self) -> list[str]:
+        """The source specs; 'auto' gives none here (the method ranks the store's entries itself)."""
+        if self.sources.strip() == "auto":
+            return []
         names = [s.strip() for s in self.sources.split(",") if s.strip()]
         if not names and not self.include_target_adapter:
             raise ConfigError("no source tasks: pass --sources A,B,C")
         return names
+
+
+BASELINE = "adapter"
+"""The method every gain is measured against: the target's own adapter, same split and seeds."""
 
 
 def _display_name(task_spec: str) -> str:
@@ -121,20 +150,33 @@ def _limit(value: int | None) -> int | None:
 def source_settings(setup: TransferSetup, base: TrainerConfig) -> dict[str, Any]:
     """The stage-1 settings that shape a source module (part of its store key)."""
     return {"max_length": setup.max_length, "pooling": setup.pooling, "epochs": setup.source_epochs,
-            "learning_rate": setup.source_learning_rate, "batch_size": base.batch_size, "seed": 0}
+            "patience": setup.source_patience, "learning_rate": setup.source_learning_rate,
+            "batch_size": base.batch_size, "seed": 0}
 
 
 def source_module(backbone: Backbone, task_spec: str, setup: TransferSetup, base: TrainerConfig,
                   store: AdapterStore, run: RunFolder, kind: str = KIND) -> SourceRef:
     """Reuse the stored ``kind`` module for ``task_spec`` or train it now (under the key's lock) and store it."""
-    config = AdapterConfig(reduction_factor=setup.reduction_factor)
+    return prepare_source(backbone, task_spec, setup, base, store, run, kind)[0]
+
+
+def prepare_source(backbone: Backbone, task_spec: str, setup: TransferSetup, base: TrainerConfig,
+                   store: AdapterStore, run: RunFolder, kind: str = KIND, config: Any = None
+                   ) -> tuple[SourceRef, dict[str, Any]]:
+    """``source_module`` plus the source's quality: its validation metric vs its constant baseline.
+
+    Stage 1 runs up to ``source_epochs`` epochs, evaluates after each, stops after
+    ``source_patience`` epochs without improvement and keeps the best validation weights.
+    """
+    config = config if config is not None else setup.source_config(kind)
     task = load_task(task_spec, seed=setup.data_seed, max_train_samples=_limit(setup.source_max_train_samples),
                      max_eval_samples=_limit(setup.source_max_eval_samples))
     settings = {**source_settings(setup, base), "config": asdict(config), "data": data_fingerprint(task),
                 "weights": backbone_fingerprint(backbone.model, store.root / ".fingerprints.json")}
     key = store_key(backbone.signature(), task_spec, settings, kind=kind)
     trainer = replace(base, epochs=setup.source_epochs, max_steps=None, learning_rate=setup.source_learning_rate,
-                      seed=settings["seed"], metric=None, early_stopping_patience=None, resume=False)
+                      seed=settings["seed"], metric=None, early_stopping_patience=setup.source_patience,
+                      eval_every_steps=None, load_best_at_end=True, resume=False)
     folder = run.path / "stage1" / task.name
 
     def train() -> Path:
@@ -156,7 +198,17 @@ def source_module(backbone: Backbone, task_spec: str, setup: TransferSetup, base
         path, reused = store.get_or_put(key, train)
     if reused:
         logger.info("stage 1: reusing %s %s from %s", task_spec, kind, path)
-    return SourceRef(_display_name(task_spec), str(path), key, kind)
+    quality = source_quality(task, _stored_validation(path), setup.weak_margin)
+    logger.info("stage 1: %s validation %s %.4f (constant baseline %.4f)%s", task_spec, quality["metric"],
+                quality["validation"], quality["constant_baseline"],
+                " -- WEAK: near its constant baseline" if quality["weak"] else "")
+    name = _display_name(task_spec)
+    return SourceRef(name, str(path), key, kind), {"name": name, **quality}
+
+
+def _stored_validation(path: Path) -> dict[str, float]:
+    """The validation scores a stored module was saved with."""
+    return json.loads((Path(path) / "config.json").read_text())["validation"]
 
 
 source_adapter = source_module  # the earlier name
@@ -171,11 +223,15 @@ def _attach(method: str, model, refs: list[SourceRef], setup: TransferSetup, bac
 
 
 def run_method(method: str, seed: int, refs: list[SourceRef], backbone: Backbone, data: TaskData,
-               setup: TransferSetup, base: TrainerConfig, run: RunFolder) -> dict[str, Any]:
-    """Train one method with one seed on the target; return its metrics (and keep the model)."""
+               setup: TransferSetup, base: TrainerConfig, run: RunFolder, attach: Any = None,
+               loss: Any = None) -> dict[str, Any]:
+    """Train one method with one seed on the target; return its metrics (and keep the model).
+
+    ``attach(model) -> handle`` and ``loss(model, batch)`` replace the registry's attach and the
+    task loss (methods with their own ``run``, e.g. a distilled student, use them)."""
     seed_everything(seed)
     model = copy.deepcopy(backbone.model)
-    handle = _attach(method, model, refs, setup, backbone)
+    handle = attach(model) if attach is not None else _attach(method, model, refs, setup, backbone)
     classifier = build_classifier(model, data.task.num_labels, pooling=setup.pooling)
     learning_rate = setup.learning_rate or transfer_method(method).default_learning_rate
     config = replace(base, output_dir=str(run.path / f"{method}-seed{seed}"), seed=seed,
@@ -183,7 +239,7 @@ def run_method(method: str, seed: int, refs: list[SourceRef], backbone: Backbone
     reset_peak_memory()
     started = time.perf_counter()
     regularizer = getattr(handle, "regularization", None)
-    result = train_classifier(classifier, data, config, regularizer=regularizer)
+    result = train_classifier(classifier, data, config, regularizer=regularizer, **({"loss": loss} if loss else {}))
     train_time, peak = time.perf_counter() - started, peak_memory_mb()
     classifier.float()
     transfer_params = handle.num_parameters() if handle is not None else 0
@@ -212,8 +268,13 @@ def _heatmap(outcome: dict[str, Any], refs: list[SourceRef], run: RunFolder) -> 
     return path.name
 
 
-def summarise(outcomes: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
-    """One row per method: mean ± std over seeds of the target's primary metric."""
+def summarise(outcomes: list[dict[str, Any]], metric: str, baseline: str | None = BASELINE) -> list[dict[str, Any]]:
+    """One row per method: mean ± std over seeds of the target's primary metric.
+
+    When ``baseline``'s runs are among ``outcomes``, each row also carries ``gain``: the mean over
+    seeds of (method − baseline) on the same seed, test split (``gain_std`` its spread); the
+    baseline's own row has gain 0.
+    """
     rows = []
     for method in dict.fromkeys(o["method"] for o in outcomes):
         runs = [o for o in outcomes if o["method"] == method]
@@ -227,6 +288,12 @@ def summarise(outcomes: list[dict[str, Any]], metric: str) -> list[dict[str, Any
             "train_time_s": statistics.fmean(o["train_time_s"] for o in runs),
             "peak_memory_mb": max(o["peak_memory_mb"] for o in runs),
         })
+    reference = {o["seed"]: o["test"][metric] for o in outcomes if o["method"] == baseline}
+    for row in rows if reference else []:
+        gains = [o["test"][metric] - reference[o["seed"]] for o in outcomes
+                 if o["method"] == row["method"] and o["seed"] in reference]
+        row["gain"] = statistics.fmean(gains) if gains else None
+        row["gain_std"] = statistics.pstdev(gains) if len(gains) > 1 else 0.0
     return rows
 
 
@@ -240,8 +307,9 @@ def run_transfer(setup: TransferSetup, base: TrainerConfig, run: RunFolder) -> d
                 len(target.validation), len(target.test))
     store = AdapterStore(setup.store)
     specs = setup.source_list() + ([setup.target] if setup.include_target_adapter else [])
-    needs_sources = any(transfer_method(m).uses_sources for m in methods)
-    refs = [source_module(backbone, spec, setup, base, store, run) for spec in specs] if needs_sources else []
+    kinds = dict.fromkeys(transfer_method(m).source_kinds[0] for m in methods if transfer_method(m).uses_sources)
+    prepared = [prepare_source(backbone, spec, setup, base, store, run, kind) for kind in kinds for spec in specs]
+    refs, qualities = [r for r, _ in prepared], [q for _, q in prepared]
     run.write_json("config.json", {
         "job": "transfer", "setup": asdict(setup), "trainer": asdict(base), "backbone": backbone.signature(),
         "target": target.describe(), "sources": [asdict(r) for r in refs], "environment": environment(),
@@ -251,12 +319,18 @@ def run_transfer(setup: TransferSetup, base: TrainerConfig, run: RunFolder) -> d
     for method in methods:
         for index, seed in enumerate(seeds):
             logger.info("stage 2: %s, seed %d", method, seed)
-            outcome = run_method(method, seed, refs, backbone, data, setup, base, run)
+            spec = transfer_method(method)
+            own = [r for r in refs if r.kind in spec.source_kinds]  # this method's stage-1 kind
+            if spec.run is not None:
+                outcome = spec.run(method, seed, own, backbone, data, setup, base, run, outcomes)
+            else:
+                outcome = run_method(method, seed, own, backbone, data, setup, base, run)
             if index == 0:
-                plots[method] = _heatmap(outcome, refs, run)
+                plots[method] = _heatmap(outcome, own, run)
                 _save_first(outcome, target, backbone, run)
             outcomes.append(outcome)
-    return _metrics(outcomes, target, refs, plots, run, time.perf_counter() - started)
+    return _metrics(outcomes, target, refs, plots, run, time.perf_counter() - started, qualities,
+                    BASELINE if BASELINE in methods else None)
 
 
 def _save_first(outcome: dict[str, Any], target: Task, backbone: Backbone, run: RunFolder) -> None:
@@ -269,9 +343,12 @@ def _save_first(outcome: dict[str, Any], target: Task, backbone: Backbone, run: 
 
 
 def _metrics(outcomes: list[dict[str, Any]], target: Task, refs: list[SourceRef], plots: dict,
-             run: RunFolder, wall: float) -> dict[str, Any]:
+             run: RunFolder, wall: float, qualities: list[dict[str, Any]] | None = None,
+             baseline: str | None = BASELINE) -> dict[str, Any]:
     clean = [{k: v for k, v in o.items() if not k.startswith("_")} for o in outcomes]
     metrics = {"target": target.name, "metric": target.metric, "sources": [r.name for r in refs],
-               "summary": summarise(clean, target.metric), "runs": clean, "plots": plots, "wall_time_s": wall}
+               "source_quality": qualities or [], "weak_sources": [q["name"] for q in qualities or [] if q["weak"]],
+               "baseline": baseline, "summary": summarise(clean, target.metric, baseline), "runs": clean,
+               "plots": plots, "wall_time_s": wall}
     run.write_json("metrics.json", metrics)
     return metrics

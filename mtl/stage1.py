@@ -2,6 +2,12 @@
 
 ``train_source`` is the one stage-1 path for every kind: ``plmkit adapters train`` calls it through
 ``train_adapter``, and the transfer pipeline calls it for every source whose module is not stored yet.
+
+A source is only worth transferring from if it learned its own task. ``constant_baseline`` scores the
+best input-blind predictor on a split — the training set's majority class for classification, its
+mean for regression (correlations of a constant are 0) — and ``source_quality`` calls a source
+**weak** when its validation primary metric is at most ``margin`` above that score ("near" the
+baseline: within ``WEAK_MARGIN`` = 0.02, i.e. 2 points of accuracy / F1 / MCC / correlation).
 """
 
 from __future__ import annotations
@@ -12,11 +18,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from plmkit import distributed
 from plmkit.backbones import DEFAULT_ENCODER, Backbone, load_encoder
 from plmkit.jobs import finetune_and_evaluate
+from plmkit.metrics import compute_metrics
 from plmkit.models import build_classifier
 from plmkit.mtl.adapters import KIND, AdapterConfig
 from plmkit.mtl.registry import source_kind
@@ -103,6 +111,34 @@ def train_source(model: torch.nn.Module, backbone: Backbone, task: Task, kind: s
                   extra={"task": task.describe(), "label_names": task.label_names, "max_length": max_length,
                          "validation": scores["validation"]})
     return SourceResult(metrics, handle, classifier, Path(folder))
+
+
+WEAK_MARGIN = 0.02
+"""A source whose validation metric is at most this far above the constant baseline is weak."""
+
+
+def constant_baseline(task: Task, split: str = "validation") -> dict[str, float]:
+    """Scores on ``split`` of the constant prediction fitted on the training split.
+
+    Classification: always the training set's most frequent label (the majority-class baseline);
+    regression: always the training mean (every correlation of a constant is 0).
+    """
+    train = np.asarray(task.train[task.label_field])
+    references = np.asarray(getattr(task, split)[task.label_field])
+    if task.is_regression:
+        constant = np.full(len(references), float(train.mean()))
+    else:
+        labels, counts = np.unique(train, return_counts=True)
+        constant = np.full(len(references), int(labels[counts.argmax()]))
+    return compute_metrics(constant, references, is_regression=task.is_regression)
+
+
+def source_quality(task: Task, validation: dict[str, float], margin: float = WEAK_MARGIN) -> dict[str, Any]:
+    """The source's validation primary metric beside the constant baseline's, and whether it is weak."""
+    metric = task.metric
+    value, baseline = float(validation[metric]), float(constant_baseline(task)[metric])
+    return {"task": task.name, "metric": metric, "validation": value, "constant_baseline": baseline,
+            "margin": margin, "weak": value <= baseline + margin}
 
 
 def train_adapter(setup: TaskSetup, adapter_config: AdapterConfig, trainer_config: TrainerConfig,
