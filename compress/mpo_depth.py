@@ -17,6 +17,9 @@ LayerNorm affine. Then, in eval mode, deep(x) = shallow(x) exactly at s = 0 (up 
 and the gap grows like s^4 (the branch outputs are proportional to s^4 to first order).
 "shallow" is the same construction with k = 1: the pretrained model itself when nothing is shared
 (num_groups = L, full bonds), else the shared-centre L-layer model.
+
+The residual linears and the two LayerNorms of each layer come from ``plmkit.anatomy``. The hand-off
+is a post-LN argument: pre-LN decoders (Llama, GPT-2) are refused.
 """
 
 from __future__ import annotations
@@ -28,20 +31,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from plmkit.anatomy import ENCODER_TYPES, Anatomy, locate
 from plmkit.compress.mpo import factorize
 from plmkit.compress.mpo_linear import MPOLinear
-from plmkit.compress.mpo_model import encoder_root, set_module
+from plmkit.compress.mpo_model import encoder_root
 from plmkit.compress.mpo_share import SharedFit, fit_shared_mpo
 from plmkit.errors import ConfigError
+from plmkit.inject import input_output_weight, is_linear, set_module
 
-# Per family: (linear layers whose output joins the residual stream, (attention LN, final LN)).
-ANATOMY = {
-    "bert": (("attention.output.dense", "output.dense"), ("attention.output.LayerNorm", "output.LayerNorm")),
-    "roberta": (("attention.output.dense", "output.dense"), ("attention.output.LayerNorm", "output.LayerNorm")),
-    "xlm-roberta": (("attention.output.dense", "output.dense"), ("attention.output.LayerNorm", "output.LayerNorm")),
-    "distilbert": (("attention.out_lin", "ffn.lin2"), ("sa_layer_norm", "output_layer_norm")),
-    "mpnet": (("attention.attn.o", "output.dense"), ("attention.LayerNorm", "output.LayerNorm")),
-}
 DEEP_TRAINABLE = ("all", "auxiliary")
 
 
@@ -107,7 +104,7 @@ def _fit_groups(layers: nn.ModuleList, groups: list[list[int]], kinds: list[str]
     fits = {}
     for g, members in enumerate(groups):
         for kind in kinds:
-            weights = [layers[i].get_submodule(kind).weight.detach().T for i in members]  # (in, out) each
+            weights = [input_output_weight(layers[i].get_submodule(kind)).detach() for i in members]  # (in, out)
             in_f = factorize(weights[0].shape[0], config.num_cores)
             out_f = factorize(weights[0].shape[1], config.num_cores)
             fits[g, kind] = (fit_shared_mpo(weights, in_f, out_f, config.max_bond, config.fit_iterations), in_f, out_f)
@@ -139,11 +136,11 @@ def _reset_norm(norm: nn.Module) -> None:
         norm.bias.zero_()
 
 
-def _block(layer: nn.Module, copy_index: int, copies: int, model_type: str, config: DeepMPOConfig) -> None:
+def _block(layer: nn.Module, copy_index: int, copies: int, anatomy: Anatomy, config: DeepMPOConfig) -> None:
     """Apply the LayerNorm hand-off to one layer of a block (see the module doc)."""
     if copies == 1 or not config.layernorm_handoff:
         return
-    attention_norm, final_norm = (layer.get_submodule(n) for n in ANATOMY[model_type][1])
+    attention_norm, final_norm = (layer.get_submodule(n) for n in anatomy.norms)
     if copy_index > 0:
         _reset_norm(attention_norm)
     if copy_index < copies - 1:
@@ -153,17 +150,19 @@ def _block(layer: nn.Module, copy_index: int, copies: int, model_type: str, conf
 def build_deep_mpo(encoder: nn.Module, config: DeepMPOConfig | None = None) -> DeepModel:
     """A deep copy of ``encoder`` with k x L MPO layers sharing central tensors (the input is untouched)."""
     config = config or DeepMPOConfig()
-    model_type = encoder.config.model_type
-    if model_type not in ANATOMY:
-        raise ConfigError(f"depth scaling supports {sorted(ANATOMY)}, not {model_type!r}")
-    layers = encoder_root(encoder).layer
+    anatomy = locate(encoder).anatomy
+    if anatomy.kind != "encoder":
+        raise ConfigError(f"depth scaling supports post-LN encoders ({', '.join(ENCODER_TYPES)}), not the "
+                          f"{anatomy.model_type!r} decoder: its LayerNorm hand-off assumes LN(x + branch) layers; "
+                          "compress a decoder with attach_mpo instead")
+    layers = locate(encoder).layers
     groups = layer_groups(len(layers), config.num_groups)
-    kinds = [n for n, m in layers[0].named_modules() if isinstance(m, nn.Linear)]
+    kinds = [n for n, m in layers[0].named_modules() if is_linear(m)]
     fits = _fit_groups(layers, groups, kinds, config)
     centrals = {key: nn.Parameter(fit.central.to(layers[0].get_submodule(key[1]).weight.dtype))
                 for key, (fit, _, _) in fits.items()}
     k, scale = config.depth_multiplier, config.scale(len(layers))
-    residual = ANATOMY[model_type][0]
+    residual = anatomy.residual_linears
     deep_layers = []
     for g, members in enumerate(groups):
         for index, source in enumerate(members):
@@ -175,7 +174,7 @@ def build_deep_mpo(encoder: nn.Module, config: DeepMPOConfig | None = None) -> D
                     bias_scale = s ** (len(in_f) - 1) if kind in residual else 1.0
                     set_module(layer, kind, _mpo_layer(layer.get_submodule(kind), fit, index, (in_f, out_f),
                                                        centrals[g, kind], s, bias_scale, config.adapter_rank))
-                _block(layer, copy_index, k, model_type, config)
+                _block(layer, copy_index, k, anatomy, config)
                 deep_layers.append(layer)
     deep = _with_layers(encoder, deep_layers)
     set_deep_trainable(deep, config.trainable)
@@ -184,15 +183,15 @@ def build_deep_mpo(encoder: nn.Module, config: DeepMPOConfig | None = None) -> D
 
 def _with_layers(encoder: nn.Module, deep_layers: list[nn.Module]) -> nn.Module:
     """Copy ``encoder`` without its layers, then give it ``deep_layers`` and the new depth."""
-    root = encoder_root(encoder)
-    original = root.layer
-    root.layer = nn.ModuleList()
+    found = locate(encoder)
+    path, original = found.layers_path, found.layers
+    set_module(encoder, path, nn.ModuleList())
     try:
         deep = copy.deepcopy(encoder)
     finally:
-        root.layer = original
-    encoder_root(deep).layer = nn.ModuleList(deep_layers)
-    deep.config.num_hidden_layers = len(deep_layers)
+        set_module(encoder, path, original)
+    set_module(deep, path, nn.ModuleList(deep_layers))
+    setattr(locate(deep).base.config, found.anatomy.depth_attr, len(deep_layers))
     return deep
 
 
@@ -215,7 +214,7 @@ def _report(shallow: nn.Module, deep: nn.Module, fits, groups, config: DeepMPOCo
 
     errors = [e for fit, _, _ in fits.values() for e in fit.relative_errors]
     return {
-        "pretrained_layers": sum(len(g) for g in groups), "deep_layers": len(encoder_root(deep).layer),
+        "pretrained_layers": sum(len(g) for g in groups), "deep_layers": len(locate(deep).layers),
         "groups": groups, "aux_scale": scale, "weight_scale": scale ** (config.num_cores - 1),
         "shallow_parameters": count(shallow), "deep_parameters": count(deep),
         "central_parameters": sum(fit.central.numel() for fit, _, _ in fits.values()),

@@ -1,12 +1,14 @@
 """Save, load and merge models that hold MPOLinear layers (compressed or depth-scaled).
 
-A saved model is a folder: ``config.json`` (format ``plmkit-mpo``: the encoder's HF config, each
-MPO layer's factors and ranks, tied tensors, the head) + ``weights.safetensors`` (every tensor
+A saved model is a folder: ``config.json`` (format ``plmkit-mpo``: the HF config of the encoder or
+the causal LM, each MPO layer's factors, ranks and dense layout, tied tensors, the head) + ``weights.safetensors`` (every tensor
 once; a central tensor shared by many layers is stored under its first name and re-tied on load)
 + the tokenizer files. ``export_dense`` ("merge") rebuilds every weight and writes a plain
 Hugging Face folder: ``*ForSequenceClassification`` when the head maps onto one (CLS pooling on
 BERT / RoBERTa / XLM-R: our dense-tanh-out head is exactly their pooler + classifier), else the
-bare encoder, usable by ``transformers.pipeline``.
+bare encoder (or the causal LM, GPT-2 projections back as ``Conv1D``), usable by ``transformers.pipeline``.
+Reading goes through ``plmkit.saving`` (file names, damaged weight files); the writer keeps every
+tensor's dtype, which the shared writer (float32 groups) would not.
 """
 
 from __future__ import annotations
@@ -20,19 +22,20 @@ from typing import Any
 import torch
 from torch import nn
 
+from plmkit.anatomy import locate
 from plmkit.backbones import backbone_signature
 from plmkit.compress.mpo_linear import MPOLinear
 from plmkit.compress.mpo_model import merge_in_place, mpo_layers, set_module
-from plmkit.errors import PlmkitError
 from plmkit.io import atomic_directory, atomic_write_json, save_tensors_atomic
 from plmkit.models import HeadConfig, SequenceClassifier, build_classifier
+from plmkit.saving import CONFIG, WEIGHTS, ModuleFolderError, read_weights
 
 FORMAT = "plmkit-mpo"
 FORMAT_VERSION = 1
 HEAD_EXPORT = {"bert": "bert", "roberta": "roberta", "xlm-roberta": "roberta"}
 
 
-class MPOLoadError(PlmkitError):
+class MPOLoadError(ModuleFolderError):
     """A folder that is not a saved plmkit MPO model, or one that does not load."""
 
 
@@ -63,34 +66,42 @@ def _unique_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str
 
 def _layer_spec(layer: MPOLinear) -> dict[str, Any]:
     return {"in_factors": list(layer.in_factors), "out_factors": list(layer.out_factors), "ranks": layer.ranks,
-            "bias": layer.bias is not None, "adapter_rank": layer.adapter_rank, "forward_mode": layer.forward_mode}
+            "bias": layer.bias is not None, "adapter_rank": layer.adapter_rank, "forward_mode": layer.forward_mode,
+            "dense_layout": layer.dense_layout}
+
+
+def _kind(model: nn.Module) -> str:
+    if isinstance(model, SequenceClassifier):
+        return "classifier"
+    return "causal-lm" if locate(model).prefix else "encoder"
 
 
 def save_mpo_model(path: str | Path, model: nn.Module, tokenizer: Any = None, backbone_name: str = "",
                    extra: dict[str, Any] | None = None) -> Path:
-    """Write ``model`` (an encoder or a ``SequenceClassifier``) with its MPO layers, atomically."""
-    is_classifier = isinstance(model, SequenceClassifier)
+    """Write ``model`` (an encoder, a causal LM or a ``SequenceClassifier``) with its MPO layers, atomically."""
+    kind = _kind(model)
+    is_classifier = kind == "classifier"
     encoder = model.encoder if is_classifier else model
     state, tied = _unique_tensors(model)
     meta = {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "kind": "classifier" if is_classifier else "encoder",
+        "format": FORMAT, "format_version": FORMAT_VERSION, "kind": kind,
         "model_config": encoder.config.to_dict(), "backbone": backbone_signature(encoder, backbone_name),
         "head": model.head.config.to_dict() if is_classifier else None,
         "mpo_layers": {name: _layer_spec(layer) for name, layer in mpo_layers(model).items()},
         "tied": tied, **(extra or {}),
     }
     with atomic_directory(path) as tmp:
-        save_tensors_atomic(state, tmp / "weights.safetensors")
+        save_tensors_atomic(state, tmp / WEIGHTS)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
-        atomic_write_json(tmp / "config.json", meta)  # last: its presence marks a complete folder
+        atomic_write_json(tmp / CONFIG, meta)  # last: its presence marks a complete folder
     return Path(path)
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:
     path = Path(path)
-    config = path / "config.json"
-    if not config.is_file() or not (path / "weights.safetensors").is_file():
+    config = path / CONFIG
+    if not config.is_file() or not (path / WEIGHTS).is_file():
         raise MPOLoadError(f"{path} is not a saved MPO model (needs config.json and weights.safetensors)")
     meta = json.loads(config.read_text())
     if meta.get("format") != FORMAT:
@@ -102,10 +113,13 @@ def read_meta(path: str | Path) -> dict[str, Any]:
 
 
 def _skeleton(meta: dict[str, Any]) -> nn.Module:
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
     settings = dict(meta["model_config"])
-    encoder = AutoModel.from_config(AutoConfig.for_model(settings.pop("model_type"), **settings))
+    config = AutoConfig.for_model(settings.pop("model_type"), **settings)
+    if meta["kind"] == "causal-lm":
+        return AutoModelForCausalLM.from_config(config)
+    encoder = AutoModel.from_config(config)
     if meta["kind"] != "classifier":
         return encoder
     head = HeadConfig(**meta["head"])
@@ -124,16 +138,19 @@ def _tie(model: nn.Module, alias: str, source: str) -> None:
 
 def load_mpo_model(path: str | Path, load_tokenizer: bool = True) -> LoadedMPOModel:
     """Rebuild a saved MPO model exactly: skeleton, MPO layers, tied tensors, weights, tokenizer."""
-    from safetensors.torch import load_file
-
     meta = read_meta(path)
     model = _skeleton(meta)
     for name, spec in meta["mpo_layers"].items():
-        set_module(model, name, MPOLinear(spec["in_factors"], spec["out_factors"], spec["ranks"], bias=spec["bias"],
-                                          adapter_rank=spec["adapter_rank"], forward_mode=spec["forward_mode"]))
+        layer = MPOLinear(spec["in_factors"], spec["out_factors"], spec["ranks"], bias=spec["bias"],
+                          adapter_rank=spec["adapter_rank"], forward_mode=spec["forward_mode"])
+        layer.dense_layout = spec.get("dense_layout", "linear")
+        set_module(model, name, layer)
     for alias, source in meta["tied"].items():
         _tie(model, alias, source)
-    state = load_file(str(Path(path) / "weights.safetensors"))
+    try:
+        state = read_weights(path, "MPO model")
+    except ModuleFolderError as error:
+        raise MPOLoadError(str(error)) from error
     for alias, source in meta["tied"].items():
         state[alias] = state[source]
     try:
@@ -186,7 +203,7 @@ def export_dense(source: str | Path | LoadedMPOModel, out_dir: str | Path) -> di
         else:
             encoder = model.encoder if isinstance(model, SequenceClassifier) else model
             encoder.save_pretrained(str(tmp))
-            kind = "feature-extraction"
+            kind = "text-generation" if _kind(model) == "causal-lm" else "feature-extraction"
             if isinstance(model, SequenceClassifier):
                 # Mean pooling (or a DistilBERT/MPNet head) has no HF class: keep the head beside it.
                 save_tensors_atomic({k: v.detach().cpu() for k, v in model.head.state_dict().items()},

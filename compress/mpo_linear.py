@@ -44,6 +44,9 @@ REBUILD_PENALTY = 3.0
 class MPOLinear(nn.Module):
     """Drop-in for ``nn.Linear(in_features, out_features)``; ``cores[centre]`` is the central tensor."""
 
+    dense_layout = "linear"
+    """What merging gives back: 'linear' (``nn.Linear``) or 'conv1d' (GPT-2's ``Conv1D``, weight (in, out))."""
+
     def __init__(self, in_factors: Sequence[int], out_factors: Sequence[int], ranks: Sequence[int],
                  bias: bool = True, adapter_rank: int = 0, forward_mode: str = "auto",
                  device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:

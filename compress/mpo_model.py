@@ -1,7 +1,9 @@
-"""MPO compression of a Hugging Face encoder: choose layers, meet a parameter budget, freeze.
+"""MPO compression of a Hugging Face encoder or decoder: choose layers, meet a parameter budget, freeze.
 
-``attach_mpo(model, MPOConfig(budget=0.5))`` decomposes every matching ``nn.Linear`` into a
-canonical MPO, picks bond dimensions so that the encoder keeps ``budget`` of its parameters, and
+``attach_mpo(model, MPOConfig(budget=0.5))`` decomposes every linear layer inside the transformer
+layers (found through ``plmkit.anatomy``: BERT ``encoder.layer.N.``, Llama ``layers.N.``, GPT-2
+``h.N.``, whose ``Conv1D`` stores W = (in, out) as is) into a canonical MPO, picks bond dimensions so
+that the layer stack keeps ``budget`` of its parameters, and
 swaps in ``MPOLinear`` modules. The budget is spent by one greedy pass over all matrices at once:
 each step cuts the central-tensor bond (of any matrix) that adds the least *relative* squared error
 (sigma^2 / ||W||^2) per parameter saved, with exactly known errors (``mpo_budget``), so matrices
@@ -12,17 +14,21 @@ auxiliary tensors (MPOP) or everything.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from plmkit.anatomy import locate
 from plmkit.compress.mpo import MPO, full_ranks, mpo_decompose, truncate
 from plmkit.compress.mpo_budget import shrink
 from plmkit.compress.mpo_linear import FORWARD_MODES, MPOLinear
 from plmkit.errors import ConfigError
+from plmkit.inject import compile_pattern, find_linear_targets, input_output_weight, set_module
+
+__all__ = ["MPOConfig", "MPOHandle", "attach_mpo", "count_parameters", "encoder_root", "find_targets",
+           "merge_in_place", "mpo_layers", "relative_errors", "set_module", "to_dense"]
 
 ALLOCATIONS = ("global", "uniform")
 TRAINABLE = ("auxiliary", "all", "none")
@@ -38,8 +44,9 @@ class MPOConfig:
     """Instead of a budget: the largest relative error ||W - W_hat||_F / ||W||_F of each matrix."""
     max_bond: int | None = None
     """Instead of a budget: cap every bond dimension."""
-    targets: str = r"layer\.\d+\."
-    """Regular expression searched in module names; every matching nn.Linear is decomposed."""
+    targets: str | None = None
+    """Regular expression searched in module names; every matching linear layer is decomposed
+    (default: every linear layer inside the transformer layers)."""
     num_cores: int = 5
     """Cores per matrix; the middle one is the central tensor."""
     allocation: str = "global"
@@ -68,10 +75,7 @@ class MPOConfig:
                               ("trainable", TRAINABLE)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        try:
-            re.compile(self.targets)
-        except re.error as error:
-            raise ConfigError(f"targets is not a valid regular expression: {error}") from error
+        compile_pattern(self.targets, "targets")
         self.factor_table()
 
     def factor_table(self) -> dict[int, tuple[int, ...]]:
@@ -92,26 +96,30 @@ class MPOConfig:
 
 # ------------------------------------------------------------------------------ targets
 def encoder_root(model: nn.Module) -> nn.Module:
-    """The module holding the transformer layer list (BERT ``encoder``, DistilBERT ``transformer``)."""
-    for module in model.modules():
-        if isinstance(getattr(module, "layer", None), nn.ModuleList):
-            return module
-    return model
+    """The module holding the transformer layers whose parameters a budget counts (the anatomy's stack)."""
+    return locate(model).stack
 
 
-def find_targets(model: nn.Module, pattern: str) -> list[tuple[str, nn.Linear]]:
-    regex = re.compile(pattern)
-    found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and regex.search(n)]
-    if not found:
-        linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][:6]
-        raise ConfigError(f"no nn.Linear module name matches targets {pattern!r}; linear layers are named like "
-                         f"{', '.join(linears) or '(none)'}")
-    return found
+def find_targets(model: nn.Module, pattern: str | None = None) -> list[tuple[str, nn.Module]]:
+    """The linear layers to decompose (``plmkit.inject.find_linear_targets`` with ``include=pattern``)."""
+    return find_linear_targets(model, include=pattern)
 
 
-def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+def to_dense(layer: MPOLinear) -> nn.Module:
+    """The dense layer an MPOLinear stands for: ``nn.Linear``, or GPT-2's ``Conv1D`` (weight (in, out))."""
+    linear = layer.to_linear()
+    if layer.dense_layout != "conv1d":
+        return linear
+    from transformers.pytorch_utils import Conv1D
+
+    conv = Conv1D(layer.out_features, layer.in_features).to(linear.weight)
+    with torch.no_grad():
+        conv.weight.copy_(linear.weight.T)  # (out, in) -> (in, out)
+        if linear.bias is not None:
+            conv.bias.copy_(linear.bias)
+        else:
+            conv.bias.zero_()
+    return conv
 
 
 # ------------------------------------------------------------------------------ size rules
@@ -129,14 +137,14 @@ def _compress(mpos: list[MPO], norms: list[float], config: MPOConfig, cores_budg
     return [shrink([m], budget=int(cores_budget * s / sum(sizes)))[0] for m, s in zip(mpos, sizes, strict=True)]
 
 
-def _cores_budget(model: nn.Module, targets: list[tuple[str, nn.Linear]], budget: float) -> tuple[int, int]:
+def _cores_budget(model: nn.Module, targets: list[tuple[str, nn.Module]], budget: float) -> tuple[int, int]:
     """(parameters the MPO cores may use, encoder parameters) so that the encoder keeps ``budget``."""
     root = encoder_root(model)
     inside = {id(m) for m in root.modules()}
     outside = [n for n, m in targets if id(m) not in inside]
     if outside:
         raise ConfigError(f"a budget is a fraction of the encoder's parameters, but {outside[0]} lies outside the "
-                         "encoder; narrow --targets or use --max-error / --max-bond")
+                         "transformer layers; narrow --targets or use --max-error / --max-bond")
     encoder_params = sum(p.numel() for p in root.parameters())
     weights = sum(m.weight.numel() for _, m in targets)
     cores = int(budget * encoder_params) - (encoder_params - weights)
@@ -174,7 +182,7 @@ class MPOHandle:
     def merge(self) -> nn.Module:
         """Replace every MPOLinear by the equivalent dense nn.Linear, in place."""
         for name, layer in self.layers.items():
-            set_module(self.model, name, layer.to_linear())
+            set_module(self.model, name, to_dense(layer))
         self.layers = {}
         return self.model
 
@@ -186,7 +194,7 @@ def attach_mpo(model: nn.Module, config: MPOConfig | None = None) -> MPOHandle:
     table = config.factor_table()
     mpos, norms = [], []
     for _, linear in targets:
-        weight = linear.weight.detach().T  # nn.Linear stores (out, in); the MPO describes W = (in, out)
+        weight = input_output_weight(linear).detach()  # the MPO describes W = (in, out)
         mpos.append(mpo_decompose(weight, table.get(weight.shape[0]), table.get(weight.shape[1]),
                                   num_cores=config.num_cores))
         norms.append(float(weight.double().norm()))
@@ -197,6 +205,7 @@ def attach_mpo(model: nn.Module, config: MPOConfig | None = None) -> MPOHandle:
     for (name, linear), cut, norm in zip(targets, _compress(mpos, norms, config, cores_budget), norms, strict=True):
         layer = MPOLinear.from_mpo(cut, linear.bias.detach() if linear.bias is not None else None,
                                    dtype=linear.weight.dtype, forward_mode=config.forward_mode)
+        layer.dense_layout = "linear" if isinstance(linear, nn.Linear) else "conv1d"
         set_module(model, name, layer)
         layers[name] = layer
         report.append(_layer_report(name, linear, cut, norm))
@@ -205,16 +214,16 @@ def attach_mpo(model: nn.Module, config: MPOConfig | None = None) -> MPOHandle:
     return handle
 
 
-def _layer_report(name: str, linear: nn.Linear, mpo: MPO, norm: float) -> dict[str, Any]:
+def _layer_report(name: str, linear: nn.Module, mpo: MPO, norm: float) -> dict[str, Any]:
     error = mpo.error()
-    return {"name": name, "shape": [linear.in_features, linear.out_features],
+    return {"name": name, "shape": list(mpo.shape),
             "in_factors": list(mpo.in_factors), "out_factors": list(mpo.out_factors), "ranks": mpo.ranks,
             "dense_parameters": linear.weight.numel(), "mpo_parameters": mpo.num_parameters(),
             "error": error, "relative_error": error / norm if norm else 0.0}
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
-    """Unique parameters of the whole model and of its encoder layers (shared tensors count once)."""
+    """Unique parameters of the whole model and of its transformer layers ('encoder'; shared tensors count once)."""
     root = encoder_root(model)
     return {"total": sum(p.numel() for p in model.parameters()),
             "encoder": sum(p.numel() for p in root.parameters()),
@@ -228,7 +237,7 @@ def mpo_layers(model: nn.Module) -> dict[str, MPOLinear]:
 def merge_in_place(model: nn.Module) -> nn.Module:
     """Replace every MPOLinear in ``model`` by its dense nn.Linear."""
     for name, layer in mpo_layers(model).items():
-        set_module(model, name, layer.to_linear())
+        set_module(model, name, to_dense(layer))
     return model
 
 
@@ -236,7 +245,7 @@ def relative_errors(model: nn.Module, reference: nn.Module) -> dict[str, float]:
     """||W - W_hat|| / ||W|| of each MPOLinear in ``model`` against the same-named Linear in ``reference``."""
     errors = {}
     for name, layer in mpo_layers(model).items():
-        dense = reference.get_submodule(name).weight.detach().double()
+        dense = input_output_weight(reference.get_submodule(name)).T.detach().double()  # (out, in)
         with torch.no_grad():
             errors[name] = float((layer.merged_weight().double() - dense).norm() / dense.norm())
     return errors

@@ -43,7 +43,7 @@ def input_output_weight(module: nn.Module) -> torch.Tensor:
     raise ConfigError(f"{type(module).__name__} is not a linear layer")
 
 
-def _compile(pattern: str | None, what: str) -> re.Pattern | None:
+def compile_pattern(pattern: str | None, what: str) -> re.Pattern | None:
     if pattern is None:
         return None
     try:
@@ -59,7 +59,7 @@ def find_linear_targets(model: nn.Module, include: str | None = None,
     ``include`` (a regular expression searched in module names) replaces the default, which is every
     linear layer inside the anatomy's layer list; ``exclude`` then drops names it matches.
     """
-    include_re, exclude_re = _compile(include, "include"), _compile(exclude, "exclude")
+    include_re, exclude_re = compile_pattern(include, "include"), compile_pattern(exclude, "exclude")
     if include_re is None:
         inside = locate(model).layers_path + "."
 

@@ -70,7 +70,7 @@ def test_config_validation_names_the_problem():
 
 def test_targets_budget_and_factor_overrides(make_encoder):
     backbone = make_encoder("bert")
-    with pytest.raises(ValueError, match="no nn.Linear module name matches"):
+    with pytest.raises(ValueError, match="no linear layer name matches"):
         attach_mpo(backbone.model, MPOConfig(targets="nothing-here"))
     with pytest.raises(ValueError, match="cannot be met"):
         attach_mpo(backbone.model, MPOConfig(budget=0.01))
