@@ -22,7 +22,8 @@ from typing import Any
 
 from plmkit.errors import ConfigError
 
-BUILTIN_MODULES = ("plmkit.mtl.adapters", "plmkit.mtl.baselines", "plmkit.mtl.fusion", "plmkit.mtl.scalearn")
+BUILTIN_MODULES = ("plmkit.mtl.adapters", "plmkit.mtl.baselines", "plmkit.mtl.fusion", "plmkit.mtl.scalearn",
+                   "plmkit.mtl.prompts", "plmkit.mtl.panda")
 """Modules whose bottom lines register the built-in kinds and methods (imported on first look-up)."""
 
 
@@ -60,14 +61,19 @@ class TransferMethod:
     """Stage-1 kinds it can compose."""
     weights_label: str = "mean weight"
     """What ``source_weights`` means, for the heat map's colour bar."""
+    run: Callable[..., Any] | None = None
+    """For methods that train more than one model per seed (a teacher, then a student):
+    ``run(method, seed, refs, backbone, data, setup, base, run_folder, outcomes) -> outcome`` (the keys
+    of ``pipeline.run_method``'s result), training only through the core trainer; ``outcomes`` holds
+    this run's earlier outcomes (a teacher may be reused from them)."""
 
     def __post_init__(self) -> None:
-        if (self.build_block is None) == (self.attach is None):
-            raise ConfigError(f"stage-2 method {self.name!r} needs exactly one of build_block and attach")
+        if sum(f is not None for f in (self.build_block, self.attach, self.run)) != 1:
+            raise ConfigError(f"stage-2 method {self.name!r} needs exactly one of build_block, attach and run")
 
     @property
     def uses_sources(self) -> bool:
-        return self.build_block is not None
+        return self.build_block is not None or (self.run is not None and bool(self.source_kinds))
 
     @property
     def default_learning_rate(self) -> float:

@@ -1,0 +1,109 @@
+"""Prompt transferability: which trained source prompt helps a target, and by how much to distil.
+
+**Task embedding.** For a task τ with trained prompt π_τ, run the frozen backbone on a fixed probe
+set X (token rows) with and without the prompt, mean-pool each layer's states over the real tokens
+of every probe row, and take the shift the prompt causes:
+
+    δ_l(τ) = mean_{x∈X} [ pool(h_l(x; π_τ)) - pool(h_l(x)) ]           (hidden,) per layer l = 1..L
+    e(τ)   = concat_l  δ_l(τ) / ||δ_l(τ)||                              (L · hidden,)
+
+Each layer counts equally (the per-layer normalisation keeps deep layers, whose states are larger,
+from dominating). The embedding says how the prompt steers the model's activations; the backbone's
+own representation of X cancels in the difference, so two prompts are compared on what they *do*,
+not on the probe text. It works alike for prompt tuning and deep prefixes (a prompt's vectors live
+in a space the model reads, prefixes in per-layer key/value spaces — their weights cannot be
+compared across modes, their effects can).
+
+**Metric.** T(s, t) = cos(e(s), e(t)) ∈ [-1, 1]: symmetric, 1 on the diagonal, for one probe set X.
+The matrix command pools ``probe_size`` rows of every listed task into X (so the matrix is
+symmetric); ranking candidate sources for one target uses the target's own training rows.
+The weight-space alternative (cosine of the mean prompt vectors, prompt mode only) is
+``prompt_weight_similarity``; the benchmark reports both.
+
+**β as a function of the metric.** PANDA's distillation weight for the pair (s, t) is
+
+    β(s, t) = β_max · clip(T(s, t), 0, 1)
+
+so a source that steers the model like the target's own prompt distils fully, an unrelated or
+opposed one (T ≤ 0) not at all and the student falls back to plain prompt tuning on the labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from plmkit.models import build_classifier
+from plmkit.mtl.prompts import PromptConfig, attach_prompts, load_prompt_tensors
+
+
+def beta_from_transferability(similarity: float, beta_max: float = 1.0) -> float:
+    """β(s, t) = β_max · clip(T, 0, 1)."""
+    return float(beta_max * min(1.0, max(0.0, similarity)))
+
+
+@torch.no_grad()
+def _pooled_layers(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(layers, hidden): every layer's states mean-pooled over real tokens, averaged over the probe rows."""
+    inputs = build_classifier(model, 2).encoder_inputs(**batch)
+    hidden = model(**inputs, output_hidden_states=True).hidden_states[1:]  # L × (batch, seq, hidden)
+    mask = batch["attention_mask"].unsqueeze(-1).float()  # (batch, seq, 1)
+    pooled = [((h.float() * mask).sum(1) / mask.sum(1).clamp_min(1.0)).mean(0) for h in hidden]
+    return torch.stack(pooled)
+
+
+@torch.no_grad()
+def task_embedding(model: nn.Module, config: PromptConfig, tensors: dict[str, torch.Tensor],
+                   batch: dict[str, torch.Tensor], plain: torch.Tensor | None = None) -> torch.Tensor:
+    """e(τ) of the prompt ``tensors`` on the probe ``batch`` (``plain``: the prompt-free pooled states)."""
+    was_training = model.training
+    model.eval()
+    if plain is None:
+        plain = _pooled_layers(model, batch)
+    handle = attach_prompts(model, replace_init(config), freeze=False)
+    try:
+        load_prompt_tensors(handle, tensors, "transferability probe")
+        shift = _pooled_layers(model, batch) - plain  # (layers, hidden)
+    finally:
+        handle.detach()
+        model.train(was_training)
+    return (shift / shift.norm(dim=-1, keepdim=True).clamp_min(1e-12)).flatten()
+
+
+def replace_init(config: PromptConfig) -> PromptConfig:
+    from dataclasses import replace
+
+    return replace(config, init="random") if config.mode == "prompt" else config
+
+
+def similarity_matrix(embeddings: Sequence[torch.Tensor]) -> torch.Tensor:
+    """(n, n) cosine similarities of task embeddings; symmetric, ones on the diagonal."""
+    stacked = F.normalize(torch.stack([e.float() for e in embeddings]), dim=-1)  # (n, dim)
+    matrix = stacked @ stacked.T
+    return ((matrix + matrix.T) / 2).clamp(-1.0, 1.0)
+
+
+def prompt_weight_similarity(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """Cosine of the flattened prompt tensors (weight space; same mode and shape only)."""
+    flat_a = torch.cat([a[k].float().flatten() for k in sorted(a)])
+    flat_b = torch.cat([b[k].float().flatten() for k in sorted(b)])
+    return float(F.cosine_similarity(flat_a, flat_b, dim=0))
+
+
+def probe_batch(features: Sequence[dict[str, Any]], collator: Any, size: int, device: Any = None
+                ) -> dict[str, torch.Tensor]:
+    """The first ``size`` rows of ``features`` (already a seeded subsample) as one padded batch."""
+    batch = collator(list(features[:size]))
+    batch.pop("labels", None)
+    return {k: v.to(device) if device is not None else v for k, v in batch.items()}
+
+
+def embed_tasks(model: nn.Module, prompts: Sequence[tuple[PromptConfig, dict[str, torch.Tensor]]],
+                batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """Task embeddings of several trained prompts on one probe batch (the plain pass computed once)."""
+    plain = _pooled_layers(model.eval(), batch)
+    return [task_embedding(model, config, tensors, batch, plain) for config, tensors in prompts]
