@@ -234,3 +234,19 @@ def test_ode_encoder_from_scratch_trains(make_encoder):
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
     assert isinstance(model.encoder, ODEEncoder)
+
+
+# ------------------------------------------------------------------------------ the baseline's layer subset
+def test_layer_dropping_baseline_keeps_depth_and_the_kept_layers_outputs(make_encoder):
+    from plmkit.layers import keep_layers
+
+    backbone = make_encoder("bert")
+    model = backbone.model.eval()
+    ids, mask = _batch()
+    with torch.no_grad():
+        full = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+        kept = keep_layers(model, [0])
+        first = kept(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert kept.config.num_hidden_layers == 1 and len(kept.encoder.layer) == 1
+    assert torch.allclose(first, full[1], atol=1e-6)
+    assert not torch.allclose(first, full[2], atol=1e-3)
