@@ -171,3 +171,10 @@ def test_deep_cli_reports_parameters_deviation_and_accuracy(tmp_path, tiny_backb
     assert metrics["report"]["deep_layers"] == 4
     assert metrics["init_deviation"]["vs_shallow_shared"] < 0.25
     assert load_mpo_model(run / "model").meta["model_config"]["num_hidden_layers"] == 4
+
+
+def test_depth_scaling_refuses_decoders(make_decoder):
+    from plmkit.compress.mpo_depth import DeepMPOConfig, build_deep_mpo
+
+    with pytest.raises(ValueError, match="post-LN encoders .* not the 'llama' decoder"):
+        build_deep_mpo(make_decoder("llama").model.model, DeepMPOConfig())

@@ -280,3 +280,52 @@ def test_layer_error_grid_puts_each_matrix_in_its_layer_and_kind():
     assert rows == ["layer 0", "layer 1"]
     assert columns == ["attention.self.query", "output.dense"]
     assert grid == [[0, 1], [10, 11]]
+
+
+# ------------------------------------------------------------------------------ decoders
+DECODER_IDS = torch.tensor([[5, 6, 7, 8, 9], [10, 11, 12, 13, 14]])
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gpt2"])
+def test_decoders_compress_to_a_budget_and_full_rank_reproduces_them(make_decoder, model_type):
+    lm = make_decoder(model_type).model.eval()
+    reference = copy.deepcopy(lm)
+    with torch.no_grad():
+        expected = lm(DECODER_IDS).logits
+    full = attach_mpo(copy.deepcopy(lm), MPOConfig(budget=None))
+    per_layer = 7 if model_type == "llama" else 4
+    assert len(full.layers) == 2 * per_layer and all(".0." in n or ".1." in n for n in full.layers)
+    with torch.no_grad():
+        torch.testing.assert_close(full.model(DECODER_IDS).logits, expected, atol=1e-5, rtol=1e-4)
+    before = count_parameters(lm)
+    handle = attach_mpo(lm, MPOConfig(budget=0.5))
+    after = count_parameters(lm)
+    assert 0.4 * before["encoder"] <= after["encoder"] <= 0.5 * before["encoder"]
+    assert after["total"] - after["encoder"] == before["total"] - before["encoder"]  # embeddings, head untouched
+    with torch.no_grad():
+        logits = lm(DECODER_IDS).logits
+    assert logits.shape == expected.shape and torch.isfinite(logits).all()
+    measured = relative_errors(lm, reference)
+    for row in handle.report:
+        assert row["relative_error"] == pytest.approx(measured[row["name"]], rel=1e-3, abs=1e-5)
+
+
+def test_gpt2_merge_gives_conv1d_back_and_a_loadable_folder(make_decoder, tmp_path):
+    from transformers import AutoModelForCausalLM
+    from transformers.pytorch_utils import Conv1D
+
+    lm = make_decoder("gpt2").model.eval()
+    attach_mpo(lm, MPOConfig(budget=None, max_bond=3))
+    with torch.no_grad():
+        expected = lm(DECODER_IDS).logits
+    save_mpo_model(tmp_path / "mpo", lm)
+    loaded = load_mpo_model(tmp_path / "mpo", load_tokenizer=False)
+    assert loaded.meta["kind"] == "causal-lm"
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(DECODER_IDS).logits, expected, atol=1e-5, rtol=1e-4)
+    result = export_dense(loaded, tmp_path / "dense")
+    assert result["pipeline"] == "text-generation"
+    dense = AutoModelForCausalLM.from_pretrained(tmp_path / "dense").eval()
+    assert isinstance(dense.transformer.h[0].attn.c_attn, Conv1D)
+    with torch.no_grad():
+        torch.testing.assert_close(dense(DECODER_IDS).logits, expected, atol=1e-4, rtol=1e-4)
