@@ -38,6 +38,7 @@ def _print_adapter_summary(metrics: dict, run_path: Path) -> None:
 def register(sub: argparse._SubParsersAction) -> None:
     register_transfer(sub)
     register_adapters(sub)
+    register_transferability(sub)
 
 
 def register_adapters(sub: argparse._SubParsersAction) -> None:
@@ -153,3 +154,35 @@ def add_method_flags(parser: argparse.ArgumentParser) -> None:
 def _method_options(args: argparse.Namespace) -> dict:
     values = vars(args)
     return {dest: values[dest] for dest in _method_flag_fields() if dest in values}
+
+
+# ------------------------------------------------------------------------------ transferability
+def cmd_transferability(args: argparse.Namespace) -> int:
+    from plmkit.mtl.transferability import TransferabilitySetup, run_transferability
+
+    setup = build_dataclass(TransferabilitySetup, args)
+    setup.task_list()  # fail on a bad --tasks before any work
+    return run_job(args, "transferability", "matrix", lambda trainer, run: run_transferability(setup, trainer, run),
+                   _print_transferability, trainer_defaults={"learning_rate": setup.source_learning_rate})
+
+
+def _print_transferability(metrics: dict, run_path: Path) -> None:
+    tasks = metrics["tasks"]
+    rows = [[name] + [f"{v:.3f}" for v in row] for name, row in zip(tasks, metrics["matrix"], strict=True)]
+    print("\n" + format_table(rows, ["source \\ target", *tasks],
+                               title=f"prompt transferability ({metrics['backbone']}, {metrics['probe_rows']} probe rows)"))
+    print(f"\nrun folder: {run_path}  (metrics.json, transferability.png, run.log)")
+
+
+def register_transferability(sub: argparse._SubParsersAction) -> None:
+    from plmkit.mtl.transferability import TransferabilitySetup
+    from plmkit.trainer import TrainerConfig
+
+    parser = sub.add_parser("transferability", epilog=EPILOG,
+                            help="train or reuse a soft prompt per task; print the source x target transferability")
+    add_common(parser)
+    add_dataclass_arguments(parser, TransferabilitySetup, title="transferability")
+    add_dataclass_arguments(parser, TrainerConfig, title="prompt training",
+                            exclude=("learning_rate", "seed", "metric", "greater_is_better", "epochs"),
+                            defaults={"output_dir": None, "batch_size": 32})
+    parser.set_defaults(func=cmd_transferability, _parser=parser)

@@ -31,14 +31,20 @@ opposed one (T ≤ 0) not at all and the student falls back to plain prompt tuni
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from plmkit.backbones import DEFAULT_ENCODER, load_encoder
+from plmkit.errors import ConfigError
 from plmkit.models import build_classifier
-from plmkit.mtl.prompts import PromptConfig, attach_prompts, load_prompt_tensors
+from plmkit.mtl.prompts import KIND, PromptConfig, attach_prompts, load_prompt_tensors, read_prompts
+from plmkit.report import plot_heatmap
+from plmkit.tasks import load_task
+from plmkit.textclf import PadCollator, encode_split
 
 
 def beta_from_transferability(similarity: float, beta_max: float = 1.0) -> float:
@@ -107,3 +113,77 @@ def embed_tasks(model: nn.Module, prompts: Sequence[tuple[PromptConfig, dict[str
     """Task embeddings of several trained prompts on one probe batch (the plain pass computed once)."""
     plain = _pooled_layers(model.eval(), batch)
     return [task_embedding(model, config, tensors, batch, plain) for config, tensors in prompts]
+
+
+# ------------------------------------------------------------------------------ the matrix job
+@dataclass
+class TransferabilitySetup:
+    """``plmkit transferability``: the source × target matrix of the metric over trained task prompts."""
+
+    tasks: str = "rotten-tomatoes,tweet-sentiment,bbc-topic,rt-subjectivity"
+    """Comma-separated tasks (built-in names, data files/folders); each gets a stored prompt."""
+    backbone: str = DEFAULT_ENCODER
+    """A bundled asset name, a local model folder, or a hub id."""
+    store: str | None = None
+    """Store folder (default: $PLMKIT_ADAPTER_STORE or <plmkit cache>/adapter-store)."""
+    max_length: int = 128
+    data_seed: int = 0
+    source_max_train_samples: int | None = 2000
+    """Training examples per task prompt (0 uses all)."""
+    source_max_eval_samples: int | None = 1000
+    source_epochs: int = 5
+    source_learning_rate: float = 3e-2
+    prompt_mode: str = "prompt"
+    """'prompt' (input embeddings) or 'prefix' (per-layer key/value prefixes)."""
+    prompt_length: int = 20
+    probe_size: int = 16
+    """Training rows of each task pooled into the one probe set (the matrix is symmetric for it)."""
+
+    def task_list(self) -> list[str]:
+        names = [t.strip() for t in self.tasks.split(",") if t.strip()]
+        if len(names) < 2:
+            raise ConfigError("--tasks needs at least two comma-separated tasks")
+        return names
+
+    def prompt_config(self) -> PromptConfig:
+        return PromptConfig(mode=self.prompt_mode, length=self.prompt_length,
+                            init="vocab" if self.prompt_mode == "prompt" else "random")
+
+
+def _probe_features(task: Any, tokenizer: Any, max_length: int, size: int) -> list[dict[str, Any]]:
+    rows = task.train.select(range(min(size, len(task.train))))
+    features = encode_split(rows, task.text_fields, task.label_field, tokenizer, max_length, task.is_regression)
+    return [{**f, "labels": torch.tensor(0)} for f in features]  # labels unused; one dtype across tasks
+
+
+def run_transferability(setup: TransferabilitySetup, base: Any, run: Any) -> dict[str, Any]:
+    """Train or reuse a prompt per task, embed each on one pooled probe set, write the matrix."""
+    from plmkit.mtl.pipeline import TransferSetup, _display_name, _limit, prepare_source
+    from plmkit.mtl.store import AdapterStore
+
+    names = setup.task_list()
+    backbone = load_encoder(setup.backbone)
+    store = AdapterStore(setup.store)
+    transfer = TransferSetup(sources=",".join(names), target=names[0], backbone=setup.backbone, store=setup.store,
+                             max_length=setup.max_length, data_seed=setup.data_seed,
+                             source_max_train_samples=setup.source_max_train_samples,
+                             source_max_eval_samples=setup.source_max_eval_samples,
+                             source_epochs=setup.source_epochs, source_learning_rate=setup.source_learning_rate)
+    config = setup.prompt_config()
+    refs = [prepare_source(backbone, name, transfer, base, store, run, KIND, config=config)[0] for name in names]
+    collator = PadCollator(backbone.tokenizer.pad_token_id or 0)
+    probe = [f for name in names for f in _probe_features(
+        load_task(name, seed=setup.data_seed, max_train_samples=_limit(setup.source_max_train_samples)),
+        backbone.tokenizer, setup.max_length, setup.probe_size)]
+    batch = probe_batch(probe, collator, len(probe), next(backbone.model.parameters()).device)
+    prompts = [read_prompts(r.path, backbone.model, f"prompt {r.name}", backbone.name) for r in refs]
+    matrix = similarity_matrix(embed_tasks(backbone.model, prompts, batch)).tolist()
+    labels = [_display_name(n) for n in names]
+    plot_heatmap(matrix, labels, labels, run.path / "transferability.png",
+                 title="transferability T(source, target)", colorbar_label="cosine of task embeddings")
+    metrics = {"tasks": labels, "matrix": matrix, "sources": [asdict(r) for r in refs],
+               "prompt": asdict(config), "probe_rows": len(probe), "backbone": backbone.name,
+               "plots": {"heatmap": "transferability.png"}}
+    run.write_json("config.json", {"job": "transferability", "setup": asdict(setup), "trainer": asdict(base)})
+    run.write_json("metrics.json", metrics)
+    return metrics
