@@ -62,14 +62,13 @@ class DataArgs:
 
     def load(self, spec: str, *, max_train_samples: int | None = None, max_eval_samples: int | None = None,
              **kwargs: Any):
-        """Load task ``spec`` with these settings (sample limits may be overridden, e.g. for sources)."""
+        """Load task ``spec`` with these settings; a sample limit given here overrides the field (0: all)."""
         from plmkit.tasks import load_task
 
+        train = self.max_train_samples if max_train_samples is None else sample_limit(max_train_samples)
+        evaluation = self.max_eval_samples if max_eval_samples is None else sample_limit(max_eval_samples)
         return load_task(spec, text_fields=self.fields(), label_field=self.label_field, task_type=self.task_type,
-                         seed=self.data_seed,
-                         max_train_samples=max_train_samples if max_train_samples is not None else self.max_train_samples,
-                         max_eval_samples=max_eval_samples if max_eval_samples is not None else self.max_eval_samples,
-                         **kwargs)
+                         seed=self.data_seed, max_train_samples=train, max_eval_samples=evaluation, **kwargs)
 
 
 def sample_limit(value: int | None) -> int | None:
