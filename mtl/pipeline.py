@@ -79,6 +79,8 @@ class TransferSetup:
     source_learning_rate: float = 1e-3
     reduction_factor: int = 16
     """Bottleneck of the source adapters: hidden / reduction_factor."""
+    full: bool = False
+    """Use every example of every task (sources and target), ignoring the sample limits: the GPU setting."""
     baseline: bool = True
     """Also train the target's own adapter ('adapter') on the same split and seeds; report each gain over it."""
     weak_margin: float = WEAK_MARGIN
@@ -122,6 +124,14 @@ class TransferSetup:
             if kind in transfer_method(name).source_kinds and hasattr(config, "source_config"):
                 return config.source_config()
         return source_kind(kind).config_class()
+
+    def limits(self, source: bool) -> tuple[int | None, int | None]:
+        """(train, evaluation) sample limits of a source or of the target; (None, None) with ``full``."""
+        if self.full:
+            return None, None
+        if source:
+            return _limit(self.source_max_train_samples), _limit(self.source_max_eval_samples)
+        return _limit(self.max_train_samples), _limit(self.max_eval_samples)
 
     def source_list(self) -> list[str]:
         """The source specs; 'auto' gives none here (the method ranks the store's entries itself)."""
@@ -169,8 +179,8 @@ def prepare_source(backbone: Backbone, task_spec: str, setup: TransferSetup, bas
     ``source_patience`` epochs without improvement and keeps the best validation weights.
     """
     config = config if config is not None else setup.source_config(kind)
-    task = load_task(task_spec, seed=setup.data_seed, max_train_samples=_limit(setup.source_max_train_samples),
-                     max_eval_samples=_limit(setup.source_max_eval_samples))
+    train_limit, eval_limit = setup.limits(source=True)
+    task = load_task(task_spec, seed=setup.data_seed, max_train_samples=train_limit, max_eval_samples=eval_limit)
     settings = {**source_settings(setup, base), "config": asdict(config), "data": data_fingerprint(task),
                 "weights": backbone_fingerprint(backbone.model, store.root / ".fingerprints.json")}
     key = store_key(backbone.signature(), task_spec, settings, kind=kind)
@@ -301,8 +311,8 @@ def run_transfer(setup: TransferSetup, base: TrainerConfig, run: RunFolder) -> d
     started = time.perf_counter()
     methods, seeds = setup.methods(), setup.seed_list()
     backbone = load_encoder(setup.backbone)
-    target = load_task(setup.target, seed=setup.data_seed, max_train_samples=_limit(setup.max_train_samples),
-                       max_eval_samples=_limit(setup.max_eval_samples))
+    train_limit, eval_limit = setup.limits(source=False)
+    target = load_task(setup.target, seed=setup.data_seed, max_train_samples=train_limit, max_eval_samples=eval_limit)
     logger.info("target %s: %d train / %d validation / %d test", target.name, len(target.train),
                 len(target.validation), len(target.test))
     store = AdapterStore(setup.store)

@@ -135,3 +135,13 @@ def test_early_stopping_keeps_the_best_source_weights(tmp_path, make_encoder):
     classifier.head.load_state_dict(head)
     reloaded = TaskData(task, fresh.tokenizer, 16).evaluate(classifier, "validation")["accuracy"]
     assert reloaded == pytest.approx(max(history)) and meta["validation"]["accuracy"] == pytest.approx(max(history))
+
+
+def test_full_ignores_every_sample_limit():
+    from plmkit.mtl.pipeline import TransferSetup
+
+    setup = TransferSetup(max_train_samples=300, max_eval_samples=0, source_max_train_samples=1000,
+                          source_max_eval_samples=200)
+    assert setup.limits(source=False) == (300, None) and setup.limits(source=True) == (1000, 200)
+    assert TransferSetup(full=True, max_train_samples=300).limits(source=False) == (None, None)
+    assert TransferSetup(full=True).limits(source=True) == (None, None)
