@@ -1,0 +1,149 @@
+"""Benchmark: no transfer vs vanilla prompt transfer vs PANDA per source–target pair, and the metric check.
+
+Every pair goes through ``plmkit.mtl.pipeline.run_transfer`` (the ``plmkit transfer`` job): stage-1
+prompts come from (or go into) one store, so each task's prompt is trained once. For every target:
+``prompt`` (no transfer) once, then for every source ``prompt-transfer`` and ``panda`` (the panda
+teacher is the same seed's prompt-transfer model). Seeds give mean ± std. The metric check is the
+Spearman correlation, per target, between T(s, t) and the vanilla transfer gain over no transfer
+(mean over seeds), for the activation metric and for the prompt-weight cosine.
+
+    .venv/bin/python scripts/bench_panda.py            # CPU subsample (see the flags' defaults)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from scipy.stats import spearmanr
+
+from plmkit.mtl.pipeline import TransferSetup, run_transfer
+from plmkit.mtl.prompts import read_prompts
+from plmkit.mtl.transferability import prompt_weight_similarity
+from plmkit.runs import RunFolder
+from plmkit.trainer import TrainerConfig
+
+GLUE = "/work/shared/data/glue"
+TASKS = {"rotten-tomatoes": "rotten-tomatoes", "sst2": f"{GLUE}/sst2", "rt-subjectivity": "rt-subjectivity",
+         "tweet-sentiment": "tweet-sentiment", "bbc-topic": "bbc-topic"}
+
+
+def parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbone", default="minilm-l6")
+    parser.add_argument("--targets", default="rotten-tomatoes,sst2,rt-subjectivity")
+    parser.add_argument("--pool", default=",".join(TASKS), help="tasks; every other one is a source of a target")
+    parser.add_argument("--seeds", default="1,2,3")
+    parser.add_argument("--train", type=int, default=200, help="target training rows")
+    parser.add_argument("--eval", type=int, default=200, help="target validation/test rows")
+    parser.add_argument("--source-train", type=int, default=400)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--source-epochs", type=int, default=3)
+    parser.add_argument("--prompt-length", type=int, default=10)
+    parser.add_argument("--max-length", type=int, default=48)
+    parser.add_argument("--learning-rate", type=float, default=3e-2)
+    parser.add_argument("--out", default="scripts/results/panda_cpu.json")
+    return parser.parse_args()
+
+
+def run_one(args, work: Path, target: str, sources: str, compare: str, label: str) -> dict:
+    setup = TransferSetup(sources=sources, target=TASKS[target], method=compare.split(",")[0], compare=compare,
+                          seeds=args.seeds, backbone=args.backbone, store=str(work / "store"),
+                          learning_rate=args.learning_rate, max_length=args.max_length, max_train_samples=args.train,
+                          max_eval_samples=args.eval, source_max_train_samples=args.source_train,
+                          source_max_eval_samples=args.eval, source_epochs=args.source_epochs,
+                          source_learning_rate=args.learning_rate, baseline=False,
+                          include_target_adapter=True, method_options={"prompt_length": args.prompt_length})
+    base = TrainerConfig(epochs=args.epochs, batch_size=16, progress=False, save_checkpoints=False)
+    run = RunFolder.create("bench-panda", str(work / label), label=label)
+    return run_transfer(setup, base, run)
+
+
+def scores(metrics: dict, method: str) -> list[float]:
+    return [r["test"][metrics["metric"]] for r in metrics["runs"] if r["method"] == method]
+
+
+def main() -> None:
+    global _ARGS
+    args = _ARGS = parse()
+    started = time.perf_counter()
+    pool = [t for t in args.pool.split(",") if t]
+    work = Path(tempfile.mkdtemp(prefix="bench-panda-"))
+    pairs, validation = [], []
+    for target in args.targets.split(","):
+        plain = scores(run_one(args, work, target, "", "prompt", f"{target}-none"), "prompt")
+        rows = []
+        for source in (s for s in pool if s != target):
+            m = run_one(args, work, target, TASKS[source], "prompt-transfer,panda", f"{target}-{source}")
+            runs = [r for r in m["runs"] if r["method"] == "panda"]
+            transfer, panda = scores(m, "prompt-transfer"), scores(m, "panda")
+            row = {"target": target, "source": source, "metric": m["metric"],
+                   "transferability": runs[0]["mean_transferability"], "beta": runs[0]["beta"],
+                   "none": plain, "prompt_transfer": transfer, "panda": panda,
+                   "gain_transfer": statistics.fmean(transfer) - statistics.fmean(plain),
+                   "gain_panda": statistics.fmean(panda) - statistics.fmean(plain)}
+            row["weight_similarity"] = _weight_similarity(work, target, source)
+            rows.append(row)
+            print(json.dumps({k: row[k] for k in ("target", "source", "transferability", "beta", "gain_transfer",
+                                                  "gain_panda")}), flush=True)
+            _write(args, {"args": vars(args), "pairs": pairs + rows, "metric_validation": validation,
+                          "partial": True, "wall_time_s": time.perf_counter() - started})
+        validation.append(_spearman(target, rows))
+        pairs.extend(rows)
+    out = {"args": vars(args), "pairs": pairs, "metric_validation": validation,
+           "wall_time_s": time.perf_counter() - started}
+    _write(args, out)
+    _print(out)
+
+
+def _write(args: argparse.Namespace, out: dict) -> None:
+    """Written after every pair, so a run cut short keeps what it measured (``partial``)."""
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2))
+
+
+def _weight_similarity(work: Path, target: str, source: str) -> float:
+    from plmkit.backbones import load_encoder
+    from plmkit.mtl.store import AdapterStore
+
+    global _BACKBONE
+    _BACKBONE = globals().get("_BACKBONE") or load_encoder(_ARGS.backbone)
+    entries = {e.task: e.path for e in AdapterStore(work / "store").list(kind="prompt")}
+    slug = {name: Path(spec).name for name, spec in TASKS.items()}
+    a = read_prompts(entries[slug[target]], _BACKBONE.model, target)[1]
+    b = read_prompts(entries[slug[source]], _BACKBONE.model, source)[1]
+    return prompt_weight_similarity(a, b)
+
+
+def _spearman(target: str, rows: list[dict]) -> dict:
+    gains = [r["gain_transfer"] for r in rows]
+    activation = spearmanr([r["transferability"] for r in rows], gains).statistic
+    weights = spearmanr([r["weight_similarity"] for r in rows], gains).statistic
+    return {"target": target, "spearman_activation": float(activation), "spearman_weights": float(weights)}
+
+
+def _fmt(values: list[float]) -> str:
+    return f"{100 * statistics.fmean(values):.1f} ± {100 * statistics.pstdev(values):.1f}"
+
+
+def _print(out: dict) -> None:
+    print("\n| target | source | T | β | no transfer | prompt transfer | PANDA |\n|---|---|---|---|---|---|---|")
+    for r in out["pairs"]:
+        print(f"| {r['target']} | {r['source']} | {r['transferability']:.3f} | {r['beta']:.2f} | {_fmt(r['none'])} "
+              f"| {_fmt(r['prompt_transfer'])} | {_fmt(r['panda'])} |")
+    pairs = out["pairs"]
+    print(f"\nmean gain over no transfer: prompt transfer {100 * statistics.fmean(r['gain_transfer'] for r in pairs):+.2f}, "
+          f"PANDA {100 * statistics.fmean(r['gain_panda'] for r in pairs):+.2f} points; PANDA >= no transfer on "
+          f"{sum(r['gain_panda'] >= 0 for r in pairs)}/{len(pairs)} pairs")
+    print("\n| target | Spearman(T, gain) activation | Spearman weight cosine |\n|---|---|---|")
+    for v in out["metric_validation"]:
+        print(f"| {v['target']} | {v['spearman_activation']:.2f} | {v['spearman_weights']:.2f} |")
+    print(f"\nwall time {out['wall_time_s']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
