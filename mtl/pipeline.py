@@ -262,6 +262,7 @@ def run_method(method: str, seed: int, refs: list[SourceRef], backbone: Backbone
         "validation": validation, "test": data.evaluate(classifier, "test"),
         "transfer_parameters": transfer_params, "trainable_parameters": trainable,
         "train_time_s": train_time, "peak_memory_mb": peak, "train": result.to_dict(),
+        "source_weights": handle.source_weights().tolist() if hasattr(handle, "source_weights") else None,
         "_handle": handle, "_classifier": classifier,
     }
 
