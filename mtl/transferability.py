@@ -4,10 +4,13 @@
 set X (token rows) with and without the prompt, mean-pool each layer's states over the real tokens
 of every probe row, and take the shift the prompt causes:
 
-    δ_l(τ) = mean_{x∈X} [ pool(h_l(x; π_τ)) - pool(h_l(x)) ]           (hidden,) per layer l = 1..L
+    δ_l(τ) = mean_{x∈X} [ pool(h_l(x; π_τ)) - pool(h_l(x; π_0)) ]      (hidden,) per layer l = 1..L
     e(τ)   = concat_l  δ_l(τ) / ||δ_l(τ)||                              (L · hidden,)
 
-Each layer counts equally (the per-layer normalisation keeps deep layers, whose states are larger,
+π_0 is a content-free prompt of the same shape (every vector the mean word embedding; zero
+prefixes). Measuring from "no prompt" instead was tried first: the shift is then dominated by the
+generic effect of P extra positions (every prompt dilutes attention alike) and random prompts on a
+tiny model all scored T ≈ 1.000. Each layer counts equally (the per-layer normalisation keeps deep layers, whose states are larger,
 from dominating). The embedding says how the prompt steers the model's activations; the backbone's
 own representation of X cancels in the difference, so two prompts are compared on what they *do*,
 not on the probe text. It works alike for prompt tuning and deep prefixes (a prompt's vectors live
@@ -38,6 +41,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from plmkit.anatomy import locate
 from plmkit.backbones import DEFAULT_ENCODER, load_encoder
 from plmkit.errors import ConfigError
 from plmkit.models import build_classifier
@@ -62,21 +66,37 @@ def _pooled_layers(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Te
     return torch.stack(pooled)
 
 
+def neutral_prompt(model: nn.Module, tensors: dict[str, torch.Tensor], config: PromptConfig) -> dict[str, torch.Tensor]:
+    """A content-free prompt of the same shape: every vector the mean word embedding (prompt mode), or
+    all zeros (prefixes). Shifts are measured from it, so the generic effect of P extra positions
+    (attention diluted alike by any prompt) cancels and only the prompt's content remains."""
+    if config.mode != "prompt":
+        return {k: torch.zeros_like(v) for k, v in tensors.items()}
+    mean = locate(model).base.get_input_embeddings().weight.detach().float().mean(0)  # (hidden,)
+    return {k: mean.expand_as(v).clone() for k, v in tensors.items()}
+
+
 @torch.no_grad()
-def task_embedding(model: nn.Module, config: PromptConfig, tensors: dict[str, torch.Tensor],
-                   batch: dict[str, torch.Tensor], plain: torch.Tensor | None = None) -> torch.Tensor:
-    """e(τ) of the prompt ``tensors`` on the probe ``batch`` (``plain``: the prompt-free pooled states)."""
+def _prompted_states(model: nn.Module, config: PromptConfig, tensors: dict[str, torch.Tensor],
+                     batch: dict[str, torch.Tensor]) -> torch.Tensor:
     was_training = model.training
     model.eval()
-    if plain is None:
-        plain = _pooled_layers(model, batch)
     handle = attach_prompts(model, replace_init(config), freeze=False)
     try:
         load_prompt_tensors(handle, tensors, "transferability probe")
-        shift = _pooled_layers(model, batch) - plain  # (layers, hidden)
+        return _pooled_layers(model, batch)
     finally:
         handle.detach()
         model.train(was_training)
+
+
+@torch.no_grad()
+def task_embedding(model: nn.Module, config: PromptConfig, tensors: dict[str, torch.Tensor],
+                   batch: dict[str, torch.Tensor], plain: torch.Tensor | None = None) -> torch.Tensor:
+    """e(τ) of the prompt ``tensors`` on the probe ``batch`` (``plain``: the neutral prompt's pooled states)."""
+    if plain is None:
+        plain = _prompted_states(model, config, neutral_prompt(model, tensors, config), batch)
+    shift = _prompted_states(model, config, tensors, batch) - plain  # (layers, hidden)
     return (shift / shift.norm(dim=-1, keepdim=True).clamp_min(1e-12)).flatten()
 
 
@@ -111,8 +131,13 @@ def probe_batch(features: Sequence[dict[str, Any]], collator: Any, size: int, de
 def embed_tasks(model: nn.Module, prompts: Sequence[tuple[PromptConfig, dict[str, torch.Tensor]]],
                 batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
     """Task embeddings of several trained prompts on one probe batch (the plain pass computed once)."""
-    plain = _pooled_layers(model.eval(), batch)
-    return [task_embedding(model, config, tensors, batch, plain) for config, tensors in prompts]
+    if not prompts:
+        return []
+    config, tensors = prompts[0]
+    neutral = neutral_prompt(model, tensors, config)
+    reparam = config.reparameterize  # an MLP prefix: each task's own MLP on a zero embedding
+    plain = None if reparam else _prompted_states(model, config, neutral, batch)
+    return [task_embedding(model, c, t, batch, plain) for c, t in prompts]
 
 
 # ------------------------------------------------------------------------------ the matrix job

@@ -1,0 +1,134 @@
+"""Prompt transfer and PANDA: KD loss by hand, frozen teacher, transfer init, metric, store kinds, end to end."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from plmkit.cli import main
+from plmkit.losses import DistillationLoss
+from plmkit.models import build_classifier
+from plmkit.mtl.panda import PandaConfig, _initialised
+from plmkit.mtl.prompts import PromptConfig, attach_prompts
+from plmkit.mtl.store import AdapterStore, store_key
+from plmkit.mtl.transferability import (
+    beta_from_transferability,
+    embed_tasks,
+    similarity_matrix,
+)
+from tests.test_cli import _write_task
+
+
+def _batch(tokenizer, labels=(0, 2)):
+    batch = dict(tokenizer(["the movie was great", "bad plot"], padding=True, return_tensors="pt"))
+    return {**batch, "labels": torch.tensor(labels)}
+
+
+def _prompted(backbone, seed):
+    torch.manual_seed(seed)
+    model = copy.deepcopy(backbone.model)
+    handle = attach_prompts(model, PromptConfig(length=3, init="random"))
+    return handle, build_classifier(model, 3)
+
+
+def test_kd_loss_is_ce_plus_beta_mse_and_the_teacher_gets_no_gradient(make_encoder):
+    backbone = make_encoder("bert")
+    _, teacher = _prompted(backbone, 0)
+    handle, student = _prompted(backbone, 1)
+    batch = _batch(backbone.tokenizer)
+    loss = DistillationLoss(teacher, beta=0.7, soft="mse")
+    student.eval()
+    terms = loss(student, batch)
+    with torch.no_grad():
+        z_s, z_t = student(**batch), teacher(**batch)
+    ce = -torch.log_softmax(z_s, -1)[torch.arange(2), batch["labels"]].mean()
+    mse = ((z_s - z_t) ** 2).mean()
+    assert terms["loss"].item() == pytest.approx((ce + 0.7 * mse).item(), rel=1e-5)
+    assert terms["soft"].item() == pytest.approx(F.mse_loss(z_s, z_t).item(), rel=1e-5)
+    terms["loss"].backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert handle.trainable_parameters()[0].grad.abs().sum() > 0
+
+
+def test_transfer_init_copies_the_prompt_not_the_head(make_encoder):
+    backbone = make_encoder("bert")
+    source, source_classifier = _prompted(backbone, 0)
+    with torch.no_grad():
+        source.trainable_parameters()[0].add_(1.0)
+    tensors = {k: v.clone() for k, v in source.state_dict().items()}
+    torch.manual_seed(5)
+    model = copy.deepcopy(backbone.model)
+    target = _initialised(PandaConfig(length=3, init="random"), tensors)(model)
+    head = build_classifier(model, 3).head
+    assert torch.equal(target.vectors(), source.vectors())
+    assert not torch.equal(head.dense.weight, source_classifier.head.dense.weight)
+
+
+def test_metric_is_symmetric_bounded_and_sets_beta(make_encoder):
+    backbone = make_encoder("bert")
+    config = PromptConfig(length=3, init="random")
+    prompts = []
+    for seed in range(3):
+        handle, _ = _prompted(backbone, seed)
+        prompts.append((config, {k: v.clone() for k, v in handle.state_dict().items()}))
+    batch = {k: v for k, v in _batch(backbone.tokenizer).items() if k != "labels"}
+    matrix = similarity_matrix(embed_tasks(backbone.model, prompts, batch))
+    assert torch.allclose(matrix, matrix.T)
+    assert torch.allclose(matrix.diagonal(), torch.ones(3), atol=1e-5)
+    assert matrix.abs().max() <= 1.0 and matrix[0, 1] < 0.999
+    flipped = similarity_matrix(embed_tasks(backbone.model, prompts[::-1], batch))
+    assert flipped[0, 2].item() == pytest.approx(matrix[2, 0].item(), abs=1e-5)  # order-free
+    assert not hasattr(backbone.model, "plmkit_prompt")  # probing leaves the backbone bare
+    assert [beta_from_transferability(t, 2.0) for t in (-0.3, 0.25, 1.4)] == [0.0, 0.5, 2.0]
+
+
+def test_stage1_kinds_do_not_collide_in_the_store(tmp_path):
+    signature = {"name": "b", "model_type": "bert", "hidden_size": 32, "num_layers": 2}
+    keys = {kind: store_key(signature, "task", {"x": 1}, kind=kind) for kind in ("adapter", "prompt")}
+    assert keys["adapter"] != keys["prompt"] and keys["prompt"].split("/")[1] == "prompt"
+    store = AdapterStore(tmp_path)
+    for kind, key in keys.items():
+        folder = tmp_path / f"src-{kind}"
+        folder.mkdir()
+        (folder / "config.json").write_text("{}")
+        (folder / "weights.safetensors").write_text("")
+        store.put(key, folder)
+    assert [e.key for e in store.list(kind="prompt")] == [keys["prompt"]]
+    assert [e.key for e in store.list(kind="adapter")] == [keys["adapter"]]
+
+
+def test_each_method_end_to_end_and_the_teacher_is_reused(tmp_path, tiny_backbone_dir, capsys):
+    run = tmp_path / "run"
+    common = ["--target", str(_write_task(tmp_path / "t")), "--backbone", str(tiny_backbone_dir),
+              "--store", str(tmp_path / "store"), "--epochs", "1", "--batch-size", "16", "--max-length", "32",
+              "--no-progress", "--prompt-length", "3", "--source-epochs", "1", "--no-baseline"]
+    sources = f"{_write_task(tmp_path / 'src_a', n_train=32)},{_write_task(tmp_path / 'src_b', n_train=40)}"
+    assert main(["transfer", "--sources", sources, "--method", "panda", "--compare", "prompt,prompt-transfer,panda",
+                 "--output-dir", str(run), *common]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    runs = {r["method"]: r for r in metrics["runs"]}
+    assert list(runs) == ["prompt", "prompt-transfer", "panda"]
+    assert runs["panda"]["teacher_test"] == runs["prompt-transfer"]["test"]  # the same seed's model, reused
+    assert runs["panda"]["transfer_sources"] == runs["prompt-transfer"]["transfer_sources"]
+    t = runs["panda"]["mean_transferability"]
+    assert -1.0 <= t <= 1.0 and runs["panda"]["beta"] == pytest.approx(max(0.0, min(1.0, t)))
+    saved = json.loads((run / "model-panda" / "config.json").read_text())
+    assert saved["kind"] == "prompt" and saved["prompt"]["length"] == 3
+    # --sources auto: the store's prompt entries for this backbone, ranked for the target
+    assert main(["transfer", "--sources", "auto", "--method", "prompt-transfer", "--output-dir", str(tmp_path / "auto"),
+                 *common]) == 0
+    auto = json.loads((tmp_path / "auto" / "metrics.json").read_text())["runs"][0]
+    assert auto["transfer_sources"][0] in ("src_a", "src_b")
+    # the matrix command reuses the stored prompts
+    matrix_run = tmp_path / "matrix"
+    assert main(["transferability", "--tasks", sources, "--backbone", str(tiny_backbone_dir), "--store",
+                 str(tmp_path / "store"), "--source-epochs", "1", "--prompt-length", "3", "--max-length", "32",
+                 "--no-progress", "--output-dir", str(matrix_run), "--source-learning-rate", "0.001"]) == 0
+    matrix = json.loads((matrix_run / "metrics.json").read_text())["matrix"]
+    assert len(matrix) == 2 and matrix[0][1] == pytest.approx(matrix[1][0])
+    assert (matrix_run / "transferability.png").is_file()
+    assert "transferability" in capsys.readouterr().out
