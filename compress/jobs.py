@@ -22,13 +22,13 @@ from torch import nn
 
 from plmkit import distributed
 from plmkit.backbones import DEFAULT_ENCODER, load_encoder
-from plmkit.compress.distill import distillation_loss
 from plmkit.compress.mpo_depth import DeepMPOConfig, build_deep_mpo, hidden_deviation
 from plmkit.compress.mpo_io import LoadedMPOModel, export_dense, save_mpo_model
 from plmkit.compress.mpo_linear import FACTORED_PENALTY
 from plmkit.compress.mpo_model import MPOConfig, attach_mpo, count_parameters, mpo_layers
 from plmkit.errors import ConfigError
 from plmkit.jobs import DataArgs, finetune_and_evaluate
+from plmkit.losses import DistillationLoss
 from plmkit.models import build_classifier
 from plmkit.report import plot_heatmap
 from plmkit.runs import RunFolder, environment
@@ -139,7 +139,7 @@ def compress_mpo(setup: CompressSetup, config: MPOConfig, trainer: TrainerConfig
                                    "task": task.describe() if task else None, "environment": environment()})
     metrics: dict[str, Any] = {"model": backbone.name, "task": task.name if task else None,
                                "metric": task.metric if task else None}
-    data = TaskData(task, backbone.tokenizer, setup.max_length) if task else None
+    data = TaskData(task, backbone.tokenizer, setup.max_length, model_config=backbone.config) if task else None
     dense = _dense_reference(setup, backbone, data, trainer, run, metrics)
     model = _compressed_model(setup, dense, task.num_labels if task else None)
     handle = attach_mpo(model, config)
@@ -184,7 +184,9 @@ def _tune_compressed(setup: CompressSetup, config: MPOConfig, trainer: TrainerCo
         return
     lr = setup.mpo_learning_rate or trainer.learning_rate
     teacher = (setup.distill or setup.distill_hidden) and "train" in metrics["dense"]  # only a tuned model teaches
-    loss_fn = (distillation_loss(dense, setup.distill, setup.distill_temperature, setup.distill_hidden)
+    # (1 - distill) * task + distill * T² KL + distill_hidden * hidden: each term is logged by the trainer
+    loss_fn = (DistillationLoss(dense, beta=setup.distill, temperature=setup.distill_temperature,
+                                hidden_weight=setup.distill_hidden, task_weight=1.0 - setup.distill)
                if teacher else None)
     metrics["after"] = finetune_and_evaluate(model, data, replace(trainer, learning_rate=lr), run.path / "mpo",
                                              loss=loss_fn)
@@ -285,7 +287,7 @@ def deep_mpo(setup: DeepSetup, config: DeepMPOConfig, trainer: TrainerConfig, ru
     run.write_json("config.json", {"job": "compress mpo-deep", "setup": asdict(setup), "deep": asdict(config),
                                    "trainer": asdict(trainer), "backbone": backbone.signature(),
                                    "task": task.describe(), "environment": environment()})
-    data = TaskData(task, backbone.tokenizer, setup.max_length)
+    data = TaskData(task, backbone.tokenizer, setup.max_length, model_config=backbone.config)
     deep = build_deep_mpo(backbone.model, config)
     metrics: dict[str, Any] = {"model": backbone.name, "task": task.name, "metric": task.metric,
                                "report": deep.report,
