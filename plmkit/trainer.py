@@ -253,6 +253,11 @@ class Trainer:
             raise TrainerConfigError("fp16 needs a GPU; on CPU use --precision bf16 or fp32")
         if not any(p.requires_grad for p in self.model.parameters()):
             raise TrainerConfigError("the model has no trainable parameters (nothing requires grad)")
+        scalars = [name for name, p in self.model.named_parameters() if p.ndim == 0]
+        if scalars:  # DeepSpeed views every parameter as bytes to broadcast it, which a 0-d tensor cannot do
+            raise TrainerConfigError(
+                f"parameters {', '.join(scalars[:5])} are 0-dimensional; DeepSpeed cannot broadcast them. "
+                "Give them shape (1,) (e.g. nn.Parameter(torch.tensor([value])))")
         global_micro = cfg.batch_size * world
         micro_per_epoch = len(self.train_data) // global_micro
         micro_per_epoch -= micro_per_epoch % cfg.grad_accum_steps

@@ -212,3 +212,26 @@ def test_trim_log_keeps_records_up_to_the_step(tmp_path):
     assert trim_log(log, 1) == 2
     assert [json.loads(line) for line in log.read_text().splitlines()] == [
         {"step": 1}, {"eval": {"step": 1}}, {"note": 1}]
+
+
+def test_a_zero_dimensional_parameter_is_one_clear_error(tmp_path):
+    """DeepSpeed's broadcast crashes deep inside torch on a 0-d parameter; the trainer names it first."""
+    from torch import nn
+
+
+
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gain = nn.Parameter(torch.tensor(1.0))
+            self.linear = nn.Linear(2, 1)
+
+        def forward(self, x):
+            return self.gain * self.linear(x)
+
+    data = [torch.randn(2) for _ in range(8)]
+    trainer = Trainer(Scaled(), lambda m, b: m(b).pow(2).mean(), data,
+                      TrainerConfig(output_dir=str(tmp_path), epochs=1, batch_size=4, progress=False),
+                      collate_fn=torch.stack)
+    with pytest.raises(TrainerConfigError, match=r"gain.*shape \(1,\)"):
+        trainer.train()
