@@ -4,7 +4,7 @@ Public API (imported lazily, so ``plmkit --help`` stays fast):
 
 * ``mpo_decompose``, ``MPO``, ``factorize`` - canonical MPO of a matrix with exact truncation errors
 * ``MPOLinear`` - an ``nn.Linear`` held as MPO cores (dense or factored forward, freezing, adapter)
-* ``MPOConfig``, ``attach_mpo`` - compress a Hugging Face encoder to a parameter budget
+* ``MPOConfig``, ``attach_mpo`` - compress a Hugging Face encoder or decoder (Llama, GPT-2) to a parameter budget
 * ``save_mpo_model``, ``load_mpo_model``, ``export_dense`` - folders, round trips, plain HF export
 * ``DeepMPOConfig``, ``build_deep_mpo`` - deeper encoders with shared central tensors
 * ``distillation_loss`` - fine-tune a compressed model against its dense original
