@@ -149,8 +149,8 @@ class StepSchedule(nn.Module):
     def __init__(self, choices: tuple[int, ...], seed: int = 0) -> None:
         super().__init__()
         self.choices = tuple(choices)
-        self.register_buffer("seed", torch.tensor(int(seed), dtype=torch.long))
-        self.register_buffer("counter", torch.zeros((), dtype=torch.long))
+        self.register_buffer("seed", torch.tensor([int(seed)], dtype=torch.long))  # 1-d: broadcast-safe
+        self.register_buffer("counter", torch.zeros(1, dtype=torch.long))
 
     def reseed(self, seed: int) -> None:
         self.seed.fill_(int(seed))
