@@ -14,7 +14,7 @@ auxiliary tensors (MPOP) or everything.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -25,6 +25,7 @@ from plmkit.compress.mpo import MPO, full_ranks, mpo_decompose, truncate
 from plmkit.compress.mpo_budget import shrink
 from plmkit.compress.mpo_linear import FORWARD_MODES, MPOLinear
 from plmkit.errors import ConfigError
+from plmkit.handles import Handle
 from plmkit.inject import compile_pattern, find_linear_targets, input_output_weight, set_module
 
 __all__ = ["MPOConfig", "MPOHandle", "attach_mpo", "count_parameters", "encoder_root", "find_targets",
@@ -155,12 +156,20 @@ def _cores_budget(model: nn.Module, targets: list[tuple[str, nn.Module]], budget
 
 
 # ------------------------------------------------------------------------------ attach
-class MPOHandle:
-    """What ``attach_mpo`` did: the new layers, a per-layer report, freezing and merging."""
+class MPOHandle(Handle):
+    """What ``attach_mpo`` did: the new layers, a per-layer report, freezing and merging.
+
+    As every handle (``plmkit.handles.Handle``): its blocks are the ``MPOLinear`` layers (in target
+    order), so ``state_dict`` / ``save`` hold their cores keyed ``layers.<i>.`` (a central tensor that
+    several layers share is stored once as ``shared.``); ``detach`` merges them back into dense layers.
+    The full model (backbone, head and tokenizer) is saved with ``compress.mpo_io.save_mpo_model``.
+    """
+
+    format, prefix = "plmkit-mpo-layers", "mpo"
 
     def __init__(self, model: nn.Module, config: MPOConfig, layers: dict[str, MPOLinear],
                  report: list[dict[str, Any]], encoder_params_before: int | None = None) -> None:
-        self.model = model
+        super().__init__(model, sites=[], blocks=list(layers.values()), frozen=[])
         self.config = config
         self.layers = layers
         self.report = report
@@ -168,6 +177,13 @@ class MPOHandle:
 
     def num_parameters(self) -> int:
         return sum(layer.num_parameters() for layer in self.layers.values())
+
+    def meta(self) -> dict[str, Any]:
+        return {"mpo": asdict(self.config), "layers": list(self.layers), "report": self.report}
+
+    def detach(self) -> None:
+        """Replace the MPO layers by their dense equivalents (what ``merge`` does)."""
+        self.merge()
 
     def set_trainable(self, trainable: str) -> None:
         """'auxiliary': only auxiliary tensors (the caller adds its head); 'all'; 'none'."""
@@ -183,7 +199,7 @@ class MPOHandle:
         """Replace every MPOLinear by the equivalent dense nn.Linear, in place."""
         for name, layer in self.layers.items():
             set_module(self.model, name, to_dense(layer))
-        self.layers = {}
+        self.layers, self.blocks = {}, nn.ModuleList()
         return self.model
 
 

@@ -44,7 +44,8 @@ class Handle:
 
     # ---------------------------------------------------------------------------- parameters
     def trainable_parameters(self) -> list[nn.Parameter]:
-        return list(self.blocks.parameters())  # de-duplicated: a shared parameter appears once
+        """The added parameters that train (de-duplicated: a shared parameter appears once)."""
+        return [p for p in self.blocks.parameters() if p.requires_grad]
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.trainable_parameters())

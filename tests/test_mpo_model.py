@@ -329,3 +329,30 @@ def test_gpt2_merge_gives_conv1d_back_and_a_loadable_folder(make_decoder, tmp_pa
     assert isinstance(dense.transformer.h[0].attn.c_attn, Conv1D)
     with torch.no_grad():
         torch.testing.assert_close(dense(DECODER_IDS).logits, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_the_mpo_handle_is_a_handle_like_the_adapters(make_encoder, tmp_path):
+    """One Handle protocol: trainable parameters, state dict, save in the shared folder format, detach."""
+    from safetensors.torch import load_file
+
+    from plmkit.handles import Handle
+
+    model = make_encoder("bert").model.eval()
+    handle = attach_mpo(model, MPOConfig(budget=0.6, trainable="auxiliary"))
+    assert isinstance(handle, Handle)
+    layers = list(handle.layers.values())
+    trainable = {id(p) for p in handle.trainable_parameters()}
+    for layer in layers:  # auxiliary tensors train, central tensors stay frozen
+        assert all(id(p) in trainable for p in layer.parameters() if p.requires_grad)
+        assert any(not p.requires_grad for p in layer.parameters())
+    state = handle.state_dict()
+    assert len([k for k in state if k.startswith("layers.0.")]) == len(layers[0].state_dict())
+    folder = handle.save(tmp_path / "mpo")
+    saved = load_file(str(folder / "weights.safetensors"))
+    assert set(saved) == {f"mpo.{k}" for k in state}
+    assert json.loads((folder / "config.json").read_text())["layers"] == list(handle.layers)
+    batch = {"input_ids": torch.tensor([[2, 7, 9, 3]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
+    before = model(**batch).last_hidden_state
+    handle.detach()  # dense layers with the same function
+    assert not any(isinstance(m, MPOLinear) for m in model.modules())
+    torch.testing.assert_close(model(**batch).last_hidden_state, before, rtol=1e-4, atol=1e-4)
