@@ -30,11 +30,7 @@ from plmkit.saving import (
     read_module_config,
     read_module_folder,
 )
-
-try:
-    from plmkit.sites import find_feed_forward_sites, install_block
-except ImportError:  # the site table still lives in this package
-    from plmkit.mtl.sites import find_feed_forward_sites, install_block
+from plmkit.sites import find_feed_forward_sites, install_block
 
 logger = logging.getLogger(__name__)
 

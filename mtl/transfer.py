@@ -22,11 +22,7 @@ from plmkit.errors import ConfigError
 from plmkit.handles import Handle
 from plmkit.mtl.registry import TransferMethod, source_kind, transfer_method, transfer_methods
 from plmkit.saving import ModuleFolderError, check_backbone, read_module_folder
-
-try:
-    from plmkit.sites import find_feed_forward_sites, install_block
-except ImportError:  # the site table still lives in this package
-    from plmkit.mtl.sites import find_feed_forward_sites, install_block
+from plmkit.sites import find_feed_forward_sites, install_block
 
 FORMAT = "plmkit-transfer"
 METHODS = tuple(name for name, method in transfer_methods().items() if method.uses_sources)

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from plmkit.anatomy import anatomy_of
 from plmkit.errors import ConfigError, PlmkitError
 from plmkit.metrics import compute_metrics
 from plmkit.models import pool
@@ -63,8 +64,7 @@ def _check_encode_args(sentences: Any, pooling: str, batch_size: int, max_length
 
 
 def _hidden_size(model: nn.Module) -> int:
-    config = model.config
-    return int(getattr(config, "hidden_size", getattr(config, "dim", 0)))
+    return anatomy_of(model).hidden_size(model.config)
 
 
 def _forward_fields(model: nn.Module) -> set[str]:

@@ -18,14 +18,7 @@ from torch import nn
 
 from plmkit.backbones import backbone_signature
 from plmkit.saving import check_tensors, head_state, write_module_folder
-
-
-def _remove_block(site: Any) -> None:
-    try:
-        from plmkit.sites import remove_block
-    except ImportError:
-        from plmkit.mtl.sites import remove_block
-    remove_block(site)
+from plmkit.sites import remove_block
 
 
 class Handle:
@@ -94,7 +87,7 @@ class Handle:
     def detach(self) -> None:
         """Remove the blocks and unfreeze what the attach call froze."""
         for site in self.sites:
-            _remove_block(site)
+            remove_block(site)
         for param in self._frozen:
             param.requires_grad_(True)
         self.sites = []

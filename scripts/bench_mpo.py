@@ -50,9 +50,11 @@ def _weight(rows: int, cols: int) -> tuple[torch.Tensor, str]:
     if (rows, cols) == (3072, 768):
         try:
             from plmkit.backbones import load_encoder
+            from plmkit.inject import find_linear_targets, input_output_weight
 
             model = load_encoder("mpnet-base").model
-            return model.encoder.layer[0].intermediate.dense.weight.detach().clone(), "mpnet-base layer 0 FFN"
+            name, linear = next((n, m) for n, m in find_linear_targets(model) if "intermediate" in n)
+            return input_output_weight(linear).T.detach().clone(), f"mpnet-base {name}"
         except Exception as error:  # asset not cached / offline: fall back, and say so
             print(f"(mpnet-base unavailable: {type(error).__name__}; using a synthetic 768x3072 matrix)")
     generator = torch.Generator().manual_seed(0)
