@@ -36,3 +36,18 @@ def test_every_package_folder_is_declared_for_the_wheel():
             relative = init.parent.relative_to(folder).parts
             found.add(".".join((package, *relative)))
     assert found == declared
+
+
+def test_every_quick_start_command_parses():
+    """The README's quick-start commands name flags that exist."""
+    import shlex
+
+    from plmkit.cli import build_parser
+
+    block = (ROOT / "README.md").read_text().split("## Quick start", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    commands = [shlex.split(line.split("#", 1)[0]) for line in block.splitlines() if line.startswith("plmkit ")]
+    assert len(commands) >= 10
+    parser = build_parser()
+    for words in commands:
+        if "--help" not in words:
+            parser.parse_args(words[1:])
