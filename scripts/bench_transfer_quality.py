@@ -56,6 +56,7 @@ def main() -> None:
         max_train_samples=limits.get("max_train_samples", 0), max_eval_samples=limits.get("max_eval_samples", 0),
         source_max_train_samples=limits.get("source_max_train_samples", 0),
         source_max_eval_samples=limits.get("source_max_eval_samples", 0),
+        source_epochs=1,  # the stage-1 budget the published table was measured with
     )
     run = RunFolder(args.output_dir)
     run.start_log()
