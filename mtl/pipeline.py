@@ -21,6 +21,7 @@ from typing import Any
 from plmkit import distributed
 from plmkit.backbones import DEFAULT_ENCODER, Backbone, load_encoder
 from plmkit.errors import ConfigError
+from plmkit.jobs import DataArgs
 from plmkit.memory import peak_memory_mb, reset_peak_memory
 from plmkit.models import build_classifier
 from plmkit.mtl.adapters import KIND, AdapterConfig
@@ -39,8 +40,12 @@ logger = logging.getLogger("plmkit")
 
 
 @dataclass
-class TransferSetup:
-    """What to transfer from and to; training flags (epochs, batch size, ...) apply to stage 2."""
+class TransferSetup(DataArgs):
+    """What to transfer from and to; training flags (epochs, batch size, ...) apply to stage 2.
+
+    The data fields come from ``plmkit.jobs.DataArgs``; the sample limits and ``--text-fields`` /
+    ``--label-field`` / ``--task-type`` describe the target (sources are detected); the ``source_*``
+    limits apply to each source."""
 
     sources: str = "tweet-sentiment,bbc-topic,rt-subjectivity"
     """Comma-separated source tasks (built-in names, data files/folders, or hub ids)."""
@@ -62,9 +67,8 @@ class TransferSetup:
     """Stage-2 learning rate; None picks the method's default (ScaLearn 6e-3, fusion 5e-5, ...)."""
     max_length: int = 48
     """Tokens per example (the bundled tasks' sentences and tweets mostly fit; news is cut to its lead)."""
-    pooling: str = "mean"
-    data_seed: int = 0
-    """Seed of every task's split and subsample."""
+    pooling: str | None = None
+    """Head pooling: 'mean', 'cls' or 'last' (default: the model type's own)."""
     max_train_samples: int | None = 200
     """Target training examples (seeded subsample; 0 uses all): a low-resource target, where transfer helps most."""
     max_eval_samples: int | None = 300
@@ -314,7 +318,7 @@ def run_transfer(setup: TransferSetup, base: TrainerConfig, run: RunFolder) -> d
     methods, seeds = setup.methods(), setup.seed_list()
     backbone = load_encoder(setup.backbone)
     train_limit, eval_limit = setup.limits(source=False)
-    target = load_task(setup.target, seed=setup.data_seed, max_train_samples=train_limit, max_eval_samples=eval_limit)
+    target = setup.load(setup.target, max_train_samples=train_limit or 0, max_eval_samples=eval_limit or 0)
     logger.info("target %s: %d train / %d validation / %d test", target.name, len(target.train),
                 len(target.validation), len(target.test))
     store = AdapterStore(setup.store)
@@ -326,7 +330,7 @@ def run_transfer(setup: TransferSetup, base: TrainerConfig, run: RunFolder) -> d
         "job": "transfer", "setup": asdict(setup), "trainer": asdict(base), "backbone": backbone.signature(),
         "target": target.describe(), "sources": [asdict(r) for r in refs], "environment": environment(),
     })
-    data = TaskData(target, backbone.tokenizer, setup.max_length)
+    data = TaskData(target, backbone.tokenizer, setup.max_length, model_config=backbone.config)
     outcomes, plots = [], {}
     for method in methods:
         for index, seed in enumerate(seeds):

@@ -23,14 +23,14 @@ import torch
 
 from plmkit import distributed
 from plmkit.backbones import DEFAULT_ENCODER, Backbone, load_encoder
-from plmkit.jobs import finetune_and_evaluate
+from plmkit.jobs import DataArgs, finetune_and_evaluate
 from plmkit.metrics import compute_metrics
 from plmkit.models import build_classifier
 from plmkit.mtl.adapters import KIND, AdapterConfig
 from plmkit.mtl.registry import source_kind
 from plmkit.report import plot_training_curves
 from plmkit.runs import RunFolder, environment
-from plmkit.tasks import Task, load_task
+from plmkit.tasks import Task
 from plmkit.textclf import TaskData
 from plmkit.trainer import TrainerConfig, seed_everything
 
@@ -38,36 +38,18 @@ logger = logging.getLogger("plmkit")
 
 
 @dataclass
-class TaskSetup:
-    """Which task and backbone, and how text is fed to it."""
+class TaskSetup(DataArgs):
+    """Which task and backbone, and how text is fed to it (data fields from ``plmkit.jobs.DataArgs``)."""
 
     task: str = "rotten-tomatoes"
     """A built-in task, a data file or folder (CSV/TSV/JSONL/parquet), or a hub data set id."""
     backbone: str = DEFAULT_ENCODER
     """A bundled asset name, a local model folder, or a hub id."""
-    text_fields: str | None = None
-    """Text column(s) of a user data set, comma-separated for pairs (default: detected)."""
-    label_field: str | None = None
-    """Label column of a user data set (default: 'label')."""
-    task_type: str | None = None
-    """'classification' or 'regression' for a user data set (default: detected)."""
-    max_length: int = 128
-    """Tokens per example after truncation."""
-    pooling: str = "mean"
-    """Head pooling: 'mean' over tokens or 'cls'."""
-    max_train_samples: int | None = None
-    """Subsample the training split (seeded) for quick runs."""
-    max_eval_samples: int | None = None
-    """Subsample validation and test splits (seeded)."""
-    data_seed: int = 0
-    """Seed of the train/validation/test split and of subsampling."""
+    pooling: str | None = None
+    """Head pooling: 'mean', 'cls' or 'last' (default: the model type's own: mean for encoders, last for decoders)."""
 
     def load_task(self):
-        fields = tuple(f.strip() for f in self.text_fields.split(",")) if self.text_fields else None
-        return load_task(
-            self.task, text_fields=fields, label_field=self.label_field, task_type=self.task_type,
-            seed=self.data_seed, max_train_samples=self.max_train_samples, max_eval_samples=self.max_eval_samples,
-        )
+        return self.load(self.task)
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
@@ -101,7 +83,7 @@ def train_source(model: torch.nn.Module, backbone: Backbone, task: Task, kind: s
     trainable, total = count_parameters(classifier)
     logger.info("backbone %s (%s, %d parameters); training %d %s + head parameters",
                 backbone.name, backbone.config.model_type, total - trainable, trainable, kind)
-    data = TaskData(task, backbone.tokenizer, max_length)
+    data = TaskData(task, backbone.tokenizer, max_length, model_config=backbone.config)
     scores = finetune_and_evaluate(classifier, data, trainer, train_folder)
     metrics = {"task": task.name, "backbone": backbone.name, "kind": kind, "metric": task.metric, **scores,
                "trainable_parameters": trainable, "adapter_parameters": handle.num_parameters(),

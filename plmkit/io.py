@@ -9,9 +9,10 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch stays unimported for light users (the asset cache)
+    import torch
 
 try:  # POSIX only; elsewhere the atomic renames alone keep concurrent writers safe.
     import fcntl

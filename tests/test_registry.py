@@ -69,8 +69,10 @@ def test_a_method_registered_in_a_test_runs_end_to_end(tmp_path, tiny_backbone_d
     assert main(args) == 0
     assert "mean" in capsys.readouterr().out
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["summary"][0]["transfer_parameters"] == 2  # one gain per layer
-    assert metrics["runs"][0]["learning_rate"] == pytest.approx(1e-2)  # the config's default
+    row = next(r for r in metrics["summary"] if r["method"] == "mean")  # after the adapter baseline's row
+    assert row["transfer_parameters"] == 2  # one gain per layer
+    first = next(r for r in metrics["runs"] if r["method"] == "mean")
+    assert first["learning_rate"] == pytest.approx(1e-2)  # the config's default
     saved = json.loads((run / "model-mean" / "config.json").read_text())["composition"]
     assert saved["method"] == "mean" and saved["config"] == {"gain": 0.5}
     assert [s["kind"] for s in saved["sources"]] == ["adapter", "adapter"]
