@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from plmkit.io import atomic_write_json
+from plmkit.io import atomic_write_json, sha256_file
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf")
 _memory_cache: dict[str, str] = {}
@@ -38,14 +38,6 @@ def data_fingerprint(task: Any) -> str:
     return digest.hexdigest()
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def file_fingerprint(path: Path, cache_file: Path | None = None) -> str:
     """sha256 of one file, cached by (resolved path, size, mtime)."""
     stat = path.stat()
@@ -54,7 +46,7 @@ def file_fingerprint(path: Path, cache_file: Path | None = None) -> str:
         if cache_key in _memory_cache:
             return _memory_cache[cache_key]
     on_disk = _read_cache(cache_file)
-    value = on_disk.get(cache_key) or _file_sha256(path)
+    value = on_disk.get(cache_key) or sha256_file(path)
     with _cache_lock:
         _memory_cache[cache_key] = value
     if cache_file is not None and cache_key not in on_disk:

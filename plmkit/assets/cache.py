@@ -8,7 +8,6 @@ written last; ``<cache>/downloads/`` keeps the verified archives, so a rebuild w
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -18,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from plmkit.assets.registry import Asset, AssetError
-from plmkit.io import file_lock
+from plmkit.io import file_lock, sha256_file
 
 MARKER = "asset.json"
 
@@ -92,12 +91,7 @@ def say(message: str, quiet: bool) -> None:
         print(f"plmkit: {message}", file=sys.stderr, flush=True)
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+sha256_of = sha256_file  # the name the asset modules use
 
 
 @contextlib.contextmanager
