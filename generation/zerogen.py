@@ -31,7 +31,7 @@ from plmkit import distributed
 from plmkit.errors import ConfigError, PlmkitError
 from plmkit.generation.filters import FilterConfig, filter_samples
 from plmkit.generation.spec import TaskSpec
-from plmkit.textgen import generate
+from plmkit.textgen import SamplingConfig, generate
 
 logger = logging.getLogger("plmkit")
 MANIFEST = "generation.json"
@@ -68,6 +68,9 @@ class GenerationConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.seed < 0:
             raise ConfigError(f"--seed must be >= 0, got {self.seed}")
+        # the sampling fields are checked at the door by the one place that defines them
+        SamplingConfig(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
+                       top_k=self.top_k, seed=self.seed)
 
     def units(self, num_labels: int) -> int:
         """Repeats (or conditions) per label: the smallest count reaching ``n`` samples."""
