@@ -6,11 +6,11 @@
 ``jobs`` and ``cli`` (``plmkit generate``).
 """
 
-from plmkit.generation.filters import FilterConfig, cut, filter_samples, normalise
+from plmkit.generation.filters import FilterConfig, cut, filter_samples, normalise, stop_strings
 from plmkit.generation.spec import ConditionSpec, SpecError, TaskSpec, load_spec
 from plmkit.generation.task_models import BiLSTMClassifier, TaskModelConfig, build_task_model
 from plmkit.generation.zerogen import GenerationConfig, ResumeMismatchError, iter_raw, synthesise
 
 __all__ = ["BiLSTMClassifier", "ConditionSpec", "FilterConfig", "GenerationConfig", "ResumeMismatchError",
            "SpecError", "TaskModelConfig", "TaskSpec", "build_task_model", "cut", "filter_samples", "iter_raw",
-           "load_spec", "normalise", "synthesise"]
+           "load_spec", "normalise", "stop_strings", "synthesise"]

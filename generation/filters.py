@@ -2,9 +2,11 @@
 
 Per sample, in order:
 
-1. **cut**: the prompt opens a quote, so the example ends at the first closing quote ``"``; without
-   one, at the first newline; without one, after the last sentence end (``.``, ``!``, ``?``); with
-   none of these the text is kept whole (when ``keep_unfinished``) or dropped as ``unfinished``;
+1. **cut**: the prompt opens a quote, so the example ends at the first closing quote ``"`` or
+   line break, whichever comes first (leading whitespace aside); with neither, after the last
+   sentence end (``.``, ``!``, ``?``); with none of these the text is kept whole (when
+   ``keep_unfinished``) or dropped as ``unfinished``. Nothing after the first quote or line break
+   can reach an example, so generation stops each sample there (:func:`stop_strings`);
 2. ``empty``: nothing left after cutting;
 3. ``too_short`` / ``too_long``: fewer than ``min_words`` or more than ``max_words`` words;
 4. ``same_as_condition``: the text equals its condition (X == C, compared normalised);
@@ -56,13 +58,17 @@ class FilterConfig:
                               f"got min_words={self.min_words}, max_words={self.max_words}")
 
 
+def stop_strings(cut_at_quote: bool = True) -> list[str]:
+    """The strings :func:`cut` ends an example at: generating past the first one is wasted."""
+    return ['"', "\n"] if cut_at_quote else ["\n"]
+
+
 def cut(text: str, cut_at_quote: bool = True) -> tuple[str, bool]:
-    """(the example, whether a stop was found): first closing quote, else newline, else last sentence end."""
+    """(the example, whether a stop was found): first closing quote or line break, else last sentence end."""
     text = text.lstrip()
-    if cut_at_quote and '"' in text:
-        return text[:text.index('"')].strip(), True
-    if "\n" in text.strip():
-        return text.strip().split("\n", 1)[0].strip(), True
+    stops = [text.index(s) for s in stop_strings(cut_at_quote) if s in text]
+    if stops:
+        return text[:min(stops)].strip(), True
     ends = list(_SENTENCE_END.finditer(text))
     if ends:
         return text[:ends[-1].end()].strip(), True

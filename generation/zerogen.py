@@ -11,6 +11,11 @@ k)`` - not on the batch size, the number of processes, or which chunks ran befor
 are appended to ``raw.rank<r>.jsonl`` in one write and flushed to disk; an interrupted run keeps
 every finished chunk, and a resumed run drops a partly written one, skips the finished ones (found
 in any rank's file) and makes the rest, so no sample is made twice.
+
+Stopping. Each sample (and condition) stops at the first string the filters' ``cut`` ends an
+example at (:func:`plmkit.generation.filters.stop_strings`: closing quote, line break), so a
+batch ends when its last row reaches one, not after ``max_new_tokens`` steps; the raw text kept
+ends with that string.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import numpy as np
 
 from plmkit import distributed
 from plmkit.errors import ConfigError, PlmkitError
-from plmkit.generation.filters import FilterConfig, filter_samples
+from plmkit.generation.filters import FilterConfig, filter_samples, stop_strings
 from plmkit.generation.spec import TaskSpec
 from plmkit.textgen import SamplingConfig, generate
 
@@ -99,7 +104,8 @@ def make_conditions(backbone: Any, spec: TaskSpec, count: int, config: Generatio
         need = max(8, 2 * (count - len(found)))
         raw = generate(backbone, [cond.prompt], max_new_tokens=cond.max_new_tokens, num_return_sequences=need,
                        batch_size=batch_size, seed=chunk_seed(config.seed, 2**31 + attempt),
-                       chat_template=spec.chat_template, **_sample_kwargs(config))[0]
+                       chat_template=spec.chat_template, stop=stop_strings(rules.cut_at_quote),
+                       **_sample_kwargs(config))[0]
         kept, _ = filter_samples(({"raw": text} for text in raw), rules)
         for row in kept:
             if row["text"] not in seen:
@@ -224,7 +230,8 @@ def _generate_chunk(backbone: Any, spec: TaskSpec, config: GenerationConfig, k: 
     prompts = [spec.prompt(label, condition) for _, label, condition in units]
     texts = generate(backbone, prompts, max_new_tokens=config.max_new_tokens,
                      num_return_sequences=config.samples_per_condition, batch_size=batch_size,
-                     seed=chunk_seed(config.seed, k), chat_template=spec.chat_template, **_sample_kwargs(config))
+                     seed=chunk_seed(config.seed, k), chat_template=spec.chat_template,
+                     stop=stop_strings(spec.filters.cut_at_quote), **_sample_kwargs(config))
     return [{"chunk": k, "unit": u, "sample": r, "label": label, "condition": condition, "raw": text}
             for (u, label, condition), samples in zip(units, texts, strict=True) for r, text in enumerate(samples)]
 

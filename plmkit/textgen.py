@@ -22,6 +22,14 @@ Batching. Prompts are sorted by token count so a batch pads little, left-padded 
 starts at the same column for every row), generated with the model's KV cache through
 ``transformers``' ``generate`` (our sampler runs as its logits processor, decoding greedily over
 a one-hot score), and put back in input order. A row stops at the end-of-sequence token.
+
+Stop strings. With ``stop`` a row also stops as soon as its new text, leading whitespace aside,
+contains one of the strings (checked on the decoded text after every step, so a string split over
+several tokens counts); its returned text ends right after the first such string. The rows are
+still computed together - a stopped row is padded until every row of its batch is done - so the
+batch ends when its last row stops instead of always running ``max_new_tokens`` steps. Stopping
+changes nothing before the stop: with the stop strings a row's text is exactly the no-stop text
+cut after its first stop string (each row keeps its own uniforms and its own step count).
 """
 
 from __future__ import annotations
@@ -110,6 +118,42 @@ class _Sampler:
         return one_hot.scatter_(1, tokens.unsqueeze(-1), 0.0)
 
 
+class _StopOnStrings:
+    """A ``transformers`` stopping criterion: per-row done flags, set once a row's new text holds a stop string."""
+
+    def __init__(self, tokenizer: Any, stop: list[str], prompt_width: int, rows: int) -> None:
+        self.tokenizer = tokenizer
+        self.stop = stop
+        self.prompt_width = prompt_width
+        self.done = torch.zeros(rows, dtype=torch.bool)  # (rows,)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        rows = (~self.done).nonzero().flatten().tolist()
+        if rows:
+            texts = self.tokenizer.batch_decode(input_ids[rows, self.prompt_width:].cpu(), skip_special_tokens=True)
+            for row, text in zip(rows, texts, strict=True):
+                if stop_index(text, self.stop) is not None:
+                    self.done[row] = True
+        return self.done.to(input_ids.device)
+
+
+def stop_index(text: str, stop: Sequence[str]) -> int | None:
+    """Where ``text`` ends if cut after its first stop string (leading whitespace skipped); None: no stop."""
+    lead = len(text) - len(text.lstrip())
+    found = [(text.find(s, lead), s) for s in stop]
+    ends = [at + len(s) for at, s in found if at >= 0]
+    return min(ends) if ends else None
+
+
+def _check_stop(stop: Any) -> list[str]:
+    if stop is None:
+        return []
+    stop = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stop, Sequence) or not all(isinstance(s, str) and s for s in stop):
+        raise ConfigError(f"stop must be a string or a list of non-empty strings (e.g. ['\"', '\\n']), got {stop!r}")
+    return list(stop)
+
+
 def _check_prompts(prompts: Any) -> list[str]:
     if isinstance(prompts, str) or not isinstance(prompts, Sequence):
         raise ConfigError(f"prompts must be a list of strings, got {type(prompts).__name__} "
@@ -144,9 +188,9 @@ def _generation_config(tokenizer: Any, model: Any, max_new_tokens: int) -> Any:
 
 
 def _generate_batch(backbone: Any, rows: list[tuple[str, int, int]], config: SamplingConfig,
-                    add_special_tokens: bool) -> list[str]:
+                    add_special_tokens: bool, stop: list[str]) -> list[str]:
     """Generate one batch of (text, prompt index, sample index) rows; the new text of each."""
-    from transformers import LogitsProcessorList
+    from transformers import LogitsProcessorList, StoppingCriteriaList
 
     model, tokenizer = backbone.model, backbone.tokenizer
     batch = tokenizer([text for text, _, _ in rows], return_tensors="pt", padding=True,
@@ -156,22 +200,26 @@ def _generate_batch(backbone: Any, rows: list[tuple[str, int, int]], config: Sam
     width = inputs["input_ids"].shape[1]
     uniforms = torch.stack([row_uniforms(config.seed, i, r, config.max_new_tokens) for _, i, r in rows])
     sampler = _Sampler(uniforms, width, config)  # (rows, max_new_tokens) uniforms
+    criteria = StoppingCriteriaList([_StopOnStrings(tokenizer, stop, width, len(rows))] if stop else [])
     out = model.generate(**inputs, generation_config=_generation_config(tokenizer, model, config.max_new_tokens),
-                         logits_processor=LogitsProcessorList([sampler]))
-    return tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+                         logits_processor=LogitsProcessorList([sampler]), stopping_criteria=criteria)
+    texts = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+    return [text[:stop_index(text, stop)] for text in texts]  # [:None] keeps a row with no stop whole
 
 
 def generate(backbone: Any, prompts: Sequence[str], max_new_tokens: int = 40, temperature: float = 1.0,
              top_p: float = 0.9, top_k: int = 0, num_return_sequences: int = 1, batch_size: int = 32,
-             seed: int = 0, chat_template: bool = False) -> list[list[str]]:
+             seed: int = 0, chat_template: bool = False, stop: str | Sequence[str] | None = None) -> list[list[str]]:
     """For each prompt, ``num_return_sequences`` continuations (new text only), in input order.
 
     ``backbone`` is a causal-LM :class:`plmkit.backbones.Backbone` (``load_causal_lm``,
-    ``tiny_causal_lm``). ``batch_size`` counts generated sequences per forward pass. See the
-    module docstring for what the seed guarantees.
+    ``tiny_causal_lm``). ``batch_size`` counts generated sequences per forward pass. ``stop``: a
+    string or strings that end a row early (kept at the end of its text). See the module
+    docstring for what the seed and the stop strings guarantee.
     """
     config = SamplingConfig(max_new_tokens, temperature, top_p, top_k, num_return_sequences, seed)
     prompts = _check_prompts(prompts)
+    stops = _check_stop(stop)
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     tokenizer, model = backbone.tokenizer, backbone.model
@@ -189,7 +237,7 @@ def generate(backbone: Any, prompts: Sequence[str], max_new_tokens: int = 40, te
         with torch.no_grad():
             for start in range(0, len(rows), batch_size):
                 chunk = rows[start:start + batch_size]
-                for (_, i, r), text in zip(chunk, _generate_batch(backbone, chunk, config, not chat_template),
+                for (_, i, r), text in zip(chunk, _generate_batch(backbone, chunk, config, not chat_template, stops),
                                            strict=True):
                     results[i][r] = text
     finally:

@@ -22,11 +22,13 @@ SPEC = {"name": "s", "labels": ["negative", "positive"], "condition": {"prompt":
 @pytest.mark.parametrize(("raw", "expected", "finished"), [
     (' Loved every minute. Really" and then more', "Loved every minute. Really", True),  # closing quote first
     ("A fine film\nMovie: next", "A fine film", True),  # newline when there is no quote
+    ('A fine film\nMovie: "next"', "A fine film", True),  # a line break before the quote comes first
+    ("\n Fine\n", "Fine", True),  # leading whitespace is skipped, a trailing line break still ends it
     ("It was dull. The end came late! and then the", "It was dull. The end came late!", True),  # last sentence end
     ("no stop at all", "no stop at all", False),
     ('"', "", True),
 ])
-def test_cut_stops_at_quote_then_newline_then_last_sentence_end(raw, expected, finished):
+def test_cut_stops_at_quote_or_newline_then_last_sentence_end(raw, expected, finished):
     assert cut(raw) == (expected, finished)
 
 

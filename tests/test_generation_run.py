@@ -8,10 +8,13 @@ import pytest
 import torch
 
 from plmkit import distributed
+from plmkit.errors import ConfigError
 from plmkit.generation import GenerationConfig, ResumeMismatchError, iter_raw, load_spec, synthesise, zerogen
 from plmkit.generation.dataset import write_synthetic
+from plmkit.generation.filters import stop_strings
 from plmkit.generation.task_models import BiLSTMClassifier, TaskModelConfig, build_task_model
 from plmkit.generation.zeroshot import sequence_losses, zero_shot_predict
+from plmkit.textgen import generate, stop_index
 
 SPEC = {"name": "tiny", "labels": ["negative", "positive"],
         "condition": {"prompt": "the movie", "max_new_tokens": 4, "max_words": 12},
@@ -138,3 +141,50 @@ def test_bilstm_ignores_padding_and_learns(make_decoder):
     padded = tokenizer(["good fun", "bad boring film and more"], return_tensors="pt", padding=True)
     assert torch.allclose(model(**alone)[0], model(**padded)[0], atol=1e-6)
     assert tokenizer.convert_ids_to_tokens(tokenizer("unseen good")["input_ids"])[1:3] == ["[UNK]", "good"]
+
+
+# ------------------------------------------------------------------------------ stop strings
+PROMPTS = ["the movie was", "a", "this film is really very boring and the plot", "the team", "music and"]
+STOP = ["film", "plot"]
+
+
+def _cut_after_stop(text: str) -> str:
+    """A no-stop text cut right after its first stop string (by hand: earliest end position)."""
+    ends = [text.find(s) + len(s) for s in STOP if s in text]
+    return text[:min(ends)] if ends else text
+
+
+def test_stop_strings_end_rows_early_and_leave_the_text_before_them_unchanged(make_decoder):
+    backbone = make_decoder("llama")
+    calls = []
+    backbone.model.register_forward_hook(lambda *args: calls.append(1))
+    kwargs = {"max_new_tokens": 12, "num_return_sequences": 4, "seed": 5, "top_p": 1.0}
+    free = generate(backbone, PROMPTS, batch_size=1, **kwargs)
+    free_calls = len(calls)
+    calls.clear()
+    stopped = generate(backbone, PROMPTS, batch_size=1, stop=STOP, **kwargs)
+    assert stopped == [[_cut_after_stop(text) for text in row] for row in free]
+    ended = [(a, b) for row_a, row_b in zip(free, stopped, strict=True) for a, b in zip(row_a, row_b, strict=True)
+             if a != b]
+    assert len(ended) >= 3  # enough rows meet a stop string for the check to mean something
+    assert all(len(b) < len(a) and b.endswith(tuple(STOP)) and a.startswith(b) for a, b in ended)
+    assert len(calls) < free_calls  # one row per batch: a stopped row ends its batch, fewer forward passes
+    for batch_size in (3, 20):
+        assert generate(backbone, PROMPTS, batch_size=batch_size, stop=STOP, **kwargs) == stopped
+
+
+def test_stop_ignores_leading_whitespace_and_is_checked():
+    assert stop_index("\n\nabc\ndef", ["\n"]) == 6
+    assert stop_index(' a "b" c', ['"', "b"]) == 4
+    assert stop_index("abc", ['"']) is None
+
+
+@pytest.mark.parametrize("stop", [[""], ["a", 3], 5])
+def test_bad_stop_strings_are_config_errors(make_decoder, stop):
+    with pytest.raises(ConfigError, match="stop must be"):
+        generate(make_decoder("llama"), ["a"], stop=stop)
+
+
+def test_synthesis_stops_samples_at_the_filters_cut_strings(whole):
+    assert stop_strings() == ['"', "\n"] and stop_strings(cut_at_quote=False) == ["\n"]
+    assert all(stop_index(row["raw"], stop_strings()) in (None, len(row["raw"])) for row in whole)
