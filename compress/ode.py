@@ -37,7 +37,7 @@ from torch.nn import functional as F
 from plmkit.compress.ode_solvers import FIXED_SOLVERS, check_solver, solve_adaptive, solve_fixed
 from plmkit.errors import ConfigError
 
-INITS = ("average", "layer", "random")
+INITS = ("average", "layer", "mpo", "random")
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "gelu_new": lambda x: F.gelu(x, approximate="tanh")}
 
 
@@ -67,9 +67,13 @@ class ODEConfig:
     num_blocks: int = 1
     """Distinct blocks (1: fully shared; k: partially shared, block i covers the i-th of k equal time segments)."""
     init: str = "average"
-    """Block weights from the source: 'average' of the layers it replaces, one 'layer' (--init-layer), or 'random'."""
+    """Block weights: 'average' of the layers it replaces, one 'layer', 'mpo' (shared-centre MPO fit) or 'random'."""
     init_layer: int = 0
     """The source layer copied when --init layer (the same layer for every block)."""
+    mpo_bond: int | None = None
+    """With --init mpo: cap on the central tensor's two bonds (default: full, so only sharing loses information)."""
+    mpo_cores: int = 5
+    """With --init mpo: cores per matrix (the middle one is the shared centre)."""
     steps: int | None = None
     """Inference steps (step size T / steps; default: T)."""
     solver: str = "euler"
@@ -98,6 +102,11 @@ class ODEConfig:
         if self.train_solver not in FIXED_SOLVERS:
             raise ConfigError(f"train_solver must be one of {FIXED_SOLVERS} (fixed steps keep ranks in step), "
                               f"got {self.train_solver!r}")
+        if self.mpo_bond is not None and self.mpo_bond < 1:
+            raise ConfigError(f"mpo_bond must be >= 1, got {self.mpo_bond}")
+        if self.mpo_cores < 3:
+            raise ConfigError(f"mpo_cores must be >= 3 (auxiliary cores on both sides of the centre), "
+                              f"got {self.mpo_cores}")
         if self.rtol <= 0 or self.atol <= 0:
             raise ConfigError(f"rtol and atol must be > 0, got {self.rtol}, {self.atol}")
         if self.depth is not None:

@@ -6,16 +6,24 @@ then measure every inference step count: latency, FLOPs, task metric. The baseli
 compute by keeping the first n layers of the fine-tuned dense model (``plmkit.layers.keep_layers``) and
 fine-tuning it the same way. Writes ``ode_table.json``, ``accuracy_latency.png``, ``metrics.json`` and
 the model (``model/``, reloadable with any step count).
+
+Latency is measured last, for every row together: ``--latency-rounds`` rounds, each timing one forward
+of every model (and step count) in turn on the same batch with ``forward_latency_ms``; a row's latency
+is the median over rounds. Interleaving puts every row under the same load on a shared machine, so
+the ratios between rows are comparable even when the absolute times drift.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import statistics
 import time
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from plmkit import distributed
@@ -68,6 +76,10 @@ class ODESetup(DataArgs):
     """Sequences per batch when timing the forward pass and counting FLOPs."""
     latency_tokens: int = 64
     """Tokens per sequence when timing the forward pass and counting FLOPs."""
+    latency_rounds: int = 7
+    """Interleaved timing rounds (one forward of every row per round); a row's latency is their median."""
+    dense_cache: str | None = None
+    """A weights file for the fine-tuned dense model: loaded when it exists (no dense fine-tuning), else written."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -78,36 +90,39 @@ class ODESetup(DataArgs):
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.distill <= 1.0:
             raise ConfigError(f"--distill must be in [0, 1], got {self.distill}")
-        if self.latency_batch < 1 or self.latency_tokens < 1:
-            raise ConfigError("--latency-batch and --latency-tokens must be >= 1")
+        if self.latency_batch < 1 or self.latency_tokens < 1 or self.latency_rounds < 1:
+            raise ConfigError("--latency-batch, --latency-tokens and --latency-rounds must be >= 1")
 
 
 def _epochs(value: int | None, trainer: TrainerConfig) -> int:
     return trainer.epochs if value is None else value
 
 
-def _measure(model: nn.Module, data: TaskData, batch: dict[str, Any], metric: str) -> dict[str, Any]:
-    return {"latency_ms": forward_latency_ms(model, batch), "gflops": count_flops(model, **batch) / 1e9,
-            "validation": data.evaluate(model, "validation")[metric], "test": data.evaluate(model, "test")[metric]}
+def _scores(model: nn.Module, data: TaskData, batch: dict[str, Any], metric: str) -> dict[str, Any]:
+    return {"gflops": count_flops(model, **batch) / 1e9, "validation": data.evaluate(model, "validation")[metric],
+            "test": data.evaluate(model, "test")[metric]}
 
 
 def _ode_rows(model: ODEClassifier, steps: tuple[int, ...], data: TaskData, batch: dict[str, Any],
-              metric: str) -> list[dict[str, Any]]:
-    rows = []
+              metric: str) -> tuple[list[dict[str, Any]], list[tuple[nn.Module, int | None]]]:
+    rows, timed = [], []
     for n in steps:
         model.set_steps(n)
-        row = _measure(model, data, batch, metric)
+        row = _scores(model, data, batch, metric)
         rows.append({"model": f"shared ODE ({model.encoder.solver})", "steps": n,
                      "evals": model.encoder.last_evals, **row})
+        timed.append((model, n))
         logger.info("ODE %d steps: %s", n, row)
     model.set_steps(None)
-    return rows
+    return rows, timed
 
 
 def _baseline_rows(dense: nn.Module, budgets: list[int], setup: ODESetup, trainer: TrainerConfig, run: RunFolder,
-                   data: TaskData, batch: dict[str, Any], metric: str, teacher: bool) -> list[dict[str, Any]]:
+                   data: TaskData, batch: dict[str, Any], metric: str,
+                   teacher: bool) -> tuple[list[dict[str, Any]], list[tuple[nn.Module, int | None]]]:
     depth = len(locate(dense).layers)
-    rows = [{"model": "dense", "steps": depth, "evals": depth, **_measure(dense, data, batch, metric)}]
+    rows = [{"model": "dense", "steps": depth, "evals": depth, **_scores(dense, data, batch, metric)}]
+    timed: list[tuple[nn.Module, int | None]] = [(dense, None)]
     epochs = _epochs(setup.baseline_epochs, trainer)
     for n in budgets:
         model = keep_layers(copy.deepcopy(dense), list(range(n)))
@@ -115,9 +130,53 @@ def _baseline_rows(dense: nn.Module, budgets: list[int], setup: ODESetup, traine
         if epochs:
             loss = distillation_loss(dense, setup.distill, setup.distill_temperature) if teacher else None
             finetune_and_evaluate(model, data, replace(trainer, epochs=epochs), run.path / f"drop-{n}", loss=loss)
-        rows.append({"model": "layer dropping", "steps": n, "evals": n, **_measure(model, data, batch, metric)})
+        rows.append({"model": "layer dropping", "steps": n, "evals": n, **_scores(model, data, batch, metric)})
+        timed.append((model, None))
         logger.info("first %d layers: %s", n, rows[-1])
-    return rows
+    return rows, timed
+
+
+def time_rows(rows: list[dict[str, Any]], timed: list[tuple[nn.Module, int | None]], batch: dict[str, Any],
+              rounds: int) -> None:
+    """Set ``row['latency_ms']`` (median over interleaved rounds) and ``row['latency_runs_ms']`` in place.
+
+    ``timed[i]`` is the model of ``rows[i]`` and its step count (``None``: not an ODE model). Each round
+    times one forward of every row in turn (``forward_latency_ms``: a warm-up pass, then one timed pass).
+    """
+    runs: list[list[float]] = [[] for _ in rows]
+    with torch.inference_mode():
+        for _ in range(rounds):
+            for i, (model, steps) in enumerate(timed):
+                if steps is not None:
+                    model.set_steps(steps)
+                runs[i].append(forward_latency_ms(model, batch, repeats=1))
+    for row, (model, steps), times in zip(rows, timed, runs, strict=True):
+        if steps is not None:
+            model.set_steps(None)
+        row["latency_ms"] = statistics.median(times)
+        row["latency_runs_ms"] = [round(t, 2) for t in times]
+
+
+def _dense(dense: nn.Module, setup: ODESetup, data: TaskData, trainer: TrainerConfig, run: RunFolder,
+           epochs: int) -> dict[str, Any] | None:
+    """Fine-tune ``dense`` (or load it from ``setup.dense_cache``); its scores, or None without training."""
+    cache = Path(setup.dense_cache) if setup.dense_cache else None
+    if cache is not None and cache.is_file():
+        from safetensors.torch import load_file
+
+        dense.load_state_dict(load_file(cache))
+        logger.info("dense model loaded from %s (no fine-tuning)", cache)
+        return {"loaded_from": str(cache), "validation": data.evaluate(dense, "validation"),
+                "test": data.evaluate(dense, "test")}
+    if not epochs:
+        return None
+    result = finetune_and_evaluate(dense, data, replace(trainer, epochs=epochs), run.path / "dense")
+    if cache is not None and distributed.is_main_process():
+        from safetensors.torch import save_file
+
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in dense.state_dict().items()}, cache)
+    return result
 
 
 def ode_compress(setup: ODESetup, config: ODEConfig, trainer: TrainerConfig, run: RunFolder) -> dict[str, Any]:
@@ -132,15 +191,15 @@ def ode_compress(setup: ODESetup, config: ODEConfig, trainer: TrainerConfig, run
     data = TaskData(task, backbone.tokenizer, setup.max_length, backbone.model.config)
     metric = task.metric
     dense = build_classifier(backbone.model, task.num_labels, pooling=setup.pooling)
-    dense_epochs = _epochs(setup.dense_epochs, trainer)
     metrics: dict[str, Any] = {"model": backbone.name, "task": task.name, "metric": metric}
-    if dense_epochs:
-        metrics["dense"] = finetune_and_evaluate(dense, data, replace(trainer, epochs=dense_epochs), run.path / "dense")
+    dense_result = _dense(dense, setup, data, trainer, run, _epochs(setup.dense_epochs, trainer))
+    if dense_result is not None:
+        metrics["dense"] = dense_result
     model = ODEClassifier(build_ode_encoder(dense.encoder, config), copy.deepcopy(dense.head))
     model.encoder.schedule.reseed(trainer.seed)
     depth = model.encoder.config.depth
     metrics["ode_config"] = {k: v for k, v in asdict(model.encoder.config).items() if k != "extra"}
-    teacher = bool(setup.distill and dense_epochs)
+    teacher = bool(setup.distill and dense_result is not None)
     loss = distillation_loss(dense, setup.distill, setup.distill_temperature) if teacher else None
     lr = setup.ode_learning_rate or trainer.learning_rate
     metrics["ode"] = finetune_and_evaluate(
@@ -148,13 +207,16 @@ def ode_compress(setup: ODESetup, config: ODEConfig, trainer: TrainerConfig, run
         loss=loss)
     batch = latency_batch(backbone.tokenizer, setup.latency_batch, setup.latency_tokens)
     steps = parse_steps(setup.eval_steps, depth, config.num_blocks)
-    rows = _ode_rows(model, steps, data, batch, metric)
+    rows, timed = _ode_rows(model, steps, data, batch, metric)
     if setup.baseline:
         layers = len(locate(dense).layers)
         budgets = sorted({row["evals"] for row in rows if row["evals"] < layers}, reverse=True)
-        rows += _baseline_rows(dense, budgets, setup, trainer, run, data, batch, metric, teacher)
+        more_rows, more_timed = _baseline_rows(dense, budgets, setup, trainer, run, data, batch, metric, teacher)
+        rows, timed = rows + more_rows, timed + more_timed
+    time_rows(rows, timed, batch, setup.latency_rounds)
     metrics["table"] = rows
     metrics["latency_batch"] = [setup.latency_batch, setup.latency_tokens]
+    metrics["latency_rounds"] = setup.latency_rounds
     if distributed.is_main_process():
         run.write_json("ode_table.json", {"task": task.name, "metric": metric, "rows": rows})
         _plot(rows, run, metric, task.name)

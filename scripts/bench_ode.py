@@ -27,17 +27,32 @@ TASKS = ("rotten-tomatoes", str(ROOT.parent / "shared" / "data" / "glue" / "sst2
 
 
 def _summary(rows: list[dict], full_steps: int) -> dict:
+    """Per step count: speed-up and test loss against the shared model at T, lead over layer dropping."""
     ode = {row["steps"]: row for row in rows if row["model"].startswith("shared")}
     drop = {row["steps"]: row for row in rows if row["model"] == "layer dropping"}
+    dense = next((row for row in rows if row["model"] == "dense"), None)
     full = ode[full_steps]
     out = {"full_steps": full_steps, "per_budget": []}
     for steps, row in sorted(ode.items(), reverse=True):
         entry = {"steps": steps, "speedup_vs_full": full["latency_ms"] / row["latency_ms"],
+                 "flop_ratio_vs_full": full["gflops"] / row["gflops"],
                  "test_drop_points": 100 * (full["test"] - row["test"])}
+        if dense is not None:
+            entry["speedup_vs_dense"] = dense["latency_ms"] / row["latency_ms"]
+            entry["test_drop_vs_dense_points"] = 100 * (dense["test"] - row["test"])
         if steps in drop:
             entry["ahead_of_layer_dropping_points"] = 100 * (row["test"] - drop[steps]["test"])
         out["per_budget"].append(entry)
     return out
+
+
+def _dense_cache(task: str, args: argparse.Namespace) -> str | None:
+    """One weights file per (task, backbone, data and dense-training settings), so levers reuse the teacher."""
+    if not args.dense_cache:
+        return None
+    key = "-".join(str(v) for v in (Path(task).name, Path(args.backbone).name, args.train_samples, args.max_length,
+                                    args.dense_epochs or args.epochs, args.batch_size, args.learning_rate, args.seed))
+    return str(Path(args.dense_cache) / f"{key}.safetensors")
 
 
 def run_task(task: str, args: argparse.Namespace, folder: Path) -> dict:
@@ -49,13 +64,18 @@ def run_task(task: str, args: argparse.Namespace, folder: Path) -> dict:
     setup = ODESetup(backbone=args.backbone, task=task, max_train_samples=args.train_samples,
                      max_eval_samples=args.eval_samples, max_length=args.max_length, eval_steps=args.eval_steps,
                      latency_batch=args.latency_batch, latency_tokens=args.latency_tokens,
-                     ode_epochs=args.ode_epochs, ode_learning_rate=args.ode_learning_rate)
+                     ode_epochs=args.ode_epochs, ode_learning_rate=args.ode_learning_rate, distill=args.distill,
+                     dense_epochs=args.dense_epochs, baseline_epochs=args.baseline_epochs,
+                     baseline=not args.no_baseline, latency_rounds=args.latency_rounds,
+                     dense_cache=_dense_cache(task, args))
     run = RunFolder.create("bench-ode", str(folder / Path(task).name), label=Path(task).name)
     trainer = TrainerConfig(output_dir=str(run.path), epochs=args.epochs, batch_size=args.batch_size,
                             learning_rate=args.learning_rate, warmup_ratio=0.1, save_checkpoints=False,
                             progress=False, seed=args.seed)
     started = time.perf_counter()
-    metrics = ode_compress(setup, ODEConfig(train_steps=args.train_steps), trainer, run)
+    config = ODEConfig(train_steps=args.train_steps, init=args.init, init_layer=args.init_layer,
+                       num_blocks=args.num_blocks)
+    metrics = ode_compress(setup, config, trainer, run)
     rows = metrics["table"]
     depth = metrics["ode_config"]["depth"]
     return {"task": Path(task).name, "metric": metrics["metric"], "rows": rows, "summary": _summary(rows, depth),
@@ -74,10 +94,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--ode-learning-rate", type=float, default=None)
+    parser.add_argument("--dense-epochs", type=int, default=None, help="epochs of the dense model (default --epochs)")
+    parser.add_argument("--baseline-epochs", type=int, default=None,
+                        help="epochs of each layer-dropped model (default --epochs)")
+    parser.add_argument("--no-baseline", action="store_true", help="skip layer dropping (lever runs)")
+    parser.add_argument("--distill", type=float, default=0.5)
+    parser.add_argument("--init", default="average", help="average | layer | random | mpo")
+    parser.add_argument("--init-layer", type=int, default=0)
+    parser.add_argument("--num-blocks", type=int, default=1)
     parser.add_argument("--train-steps", default="auto")
-    parser.add_argument("--eval-steps", default="6,3,2,1")
+    parser.add_argument("--eval-steps", default="6,3,2")
     parser.add_argument("--latency-batch", type=int, default=32)
     parser.add_argument("--latency-tokens", type=int, default=64)
+    parser.add_argument("--latency-rounds", type=int, default=7)
+    parser.add_argument("--dense-cache", default=str(Path(tempfile.gettempdir()) / "plmkit-bench-ode-dense"),
+                        help="folder of fine-tuned dense weights reused across runs ('' : none)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--out", default=str(ROOT / "scripts" / "results" / "bench_ode.json"))
     args = parser.parse_args(argv)

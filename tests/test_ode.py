@@ -141,6 +141,36 @@ def test_partially_shared_blocks_come_from_their_layer_groups(make_encoder):
         ODEConfig(depth=4, num_blocks=2, steps=3)
 
 
+@pytest.mark.parametrize("bond", [None, 2])
+def test_mpo_init_block_is_the_mean_of_the_shared_centre_reconstructions(make_encoder, bond):
+    from plmkit.compress.mpo import contract_cores, factorize
+    from plmkit.compress.mpo_share import fit_shared_mpo
+
+    backbone = make_encoder("bert")
+    layers = backbone.model.encoder.layer
+    encoder = build_ode_encoder(backbone.model, ODEConfig(init="mpo", mpo_bond=bond))
+    block = encoder.blocks[0]
+    for name, path in (("query", "attention.self.query"), ("ffn_in", "intermediate.dense")):
+        weights = [layer.get_submodule(path).weight.detach().T for layer in layers]  # (in, out)
+        in_f, out_f = factorize(weights[0].shape[0], 5), factorize(weights[0].shape[1], 5)
+        fit = fit_shared_mpo(weights, in_f, out_f, bond)
+        c = len(in_f) // 2
+        # the fit's own reconstruction of each layer, contracted independently of MPOLinear
+        rebuilt = [contract_cores(aux[:c] + [fit.central] + aux[c:]) for aux in fit.auxiliary]
+        expected = torch.stack(rebuilt).mean(0).T.float()
+        assert torch.allclose(getattr(block, name).weight, expected, atol=1e-5)
+        # it departs from the plain mean by at most the mean fit error (triangle inequality) ...
+        average = torch.stack(weights).mean(0).T
+        departure = float((getattr(block, name).weight - average).norm())
+        assert departure <= sum(float((r - w).norm()) for r, w in zip(rebuilt, weights, strict=True)) / len(weights) + 1e-5
+        if bond is not None:  # ... and a capped centre does depart from it
+            assert departure > 1e-3 * float(average.norm())
+        bias = torch.stack([layer.get_submodule(path).bias for layer in layers]).mean(0)
+        assert torch.allclose(getattr(block, name).bias, bias)
+    with pytest.raises(ConfigError, match="mpo_bond"):
+        ODEConfig(init="mpo", mpo_bond=0)
+
+
 def test_step_count_changes_compute(make_encoder):
     model = _classifier(make_encoder, depth=4).eval()
     ids, mask = _batch()
