@@ -196,8 +196,14 @@ def _check_manifest(folder: Path, manifest: dict[str, Any]) -> None:
 
 
 def synthesise(backbone: Any, spec: TaskSpec, config: GenerationConfig, folder: str | Path,
-               batch_size: int = 32, progress: bool = True) -> dict[str, Any]:
-    """Generate this rank's chunks into ``folder`` (resuming what is there); returns timing stats."""
+               batch_size: int = 32, progress: bool = True, max_chunks: int | None = None) -> dict[str, Any]:
+    """Generate this rank's chunks into ``folder`` (resuming what is there); returns timing stats.
+
+    ``max_chunks``: make at most this many of the missing chunks, in order (a later call makes the
+    rest); the finished ones always start at chunk 0, so the first samples of a set are usable early.
+    """
+    if max_chunks is not None and max_chunks < 1:
+        raise ConfigError(f"max_chunks must be >= 1 (or None for all), got {max_chunks}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     _check_manifest(folder, {"spec": spec.to_dict(), "generation": asdict(config), "generator": backbone.name})
@@ -209,7 +215,7 @@ def synthesise(backbone: Any, spec: TaskSpec, config: GenerationConfig, folder: 
     finished = read_raw(folder, per_chunk)
     path = folder / f"raw.rank{rank}.jsonl"
     _keep_finished(path, finished)
-    todo = [k for k in range(len(chunks)) if k % world == rank and k not in finished]
+    todo = [k for k in range(len(chunks)) if k % world == rank and k not in finished][:max_chunks]
     started, made = time.perf_counter(), 0
     with open(path, "a", encoding="utf-8") as handle, _progress(progress, sum(per_chunk[k] for k in todo)) as bar:
         for k in todo:

@@ -19,21 +19,21 @@ the CPU from a generator seeded by ``(seed, i, r)`` (mixed with ``numpy.random.S
   boundary (rare; greedy is affected only by near-exact ties).
 
 Batching. Prompts are sorted by token count so a batch pads little, left-padded (the continuation
-starts at the same column for every row), generated with the model's KV cache through
-``transformers``' ``generate`` (our sampler runs as its logits processor, decoding greedily over
-a one-hot score), and put back in input order. A row stops at the end-of-sequence token.
+starts at the same column for every row), generated with the model's KV cache by a plain
+decoding loop, and put back in input order. A row stops at the end-of-sequence token. A row that
+has stopped leaves its batch (its KV-cache entries are dropped), so each step costs only what is
+still running; the batch ends when its last row stops.
 
 Stop strings. With ``stop`` a row also stops as soon as its new text, leading whitespace aside,
 contains one of the strings (checked on the decoded text after every step, so a string split over
-several tokens counts); its returned text ends right after the first such string. The rows are
-still computed together - a stopped row is padded until every row of its batch is done - so the
-batch ends when its last row stops instead of always running ``max_new_tokens`` steps. Stopping
+several tokens counts); its returned text ends right after the first such string. Stopping
 changes nothing before the stop: with the stop strings a row's text is exactly the no-stop text
 cut after its first stop string (each row keeps its own uniforms and its own step count).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -103,40 +103,6 @@ def sample_tokens(scores: torch.Tensor, uniforms: torch.Tensor, config: Sampling
     return order.gather(-1, pick).squeeze(-1)
 
 
-class _Sampler:
-    """A ``transformers`` logits processor: replaces scores by a one-hot of our own draw."""
-
-    def __init__(self, uniforms: torch.Tensor, prompt_width: int, config: SamplingConfig) -> None:
-        self.uniforms = uniforms  # (rows, max_new_tokens)
-        self.prompt_width = prompt_width
-        self.config = config
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        step = input_ids.shape[1] - self.prompt_width
-        tokens = sample_tokens(scores, self.uniforms[:, step], self.config)  # (rows,)
-        one_hot = torch.full_like(scores, float("-inf"))
-        return one_hot.scatter_(1, tokens.unsqueeze(-1), 0.0)
-
-
-class _StopOnStrings:
-    """A ``transformers`` stopping criterion: per-row done flags, set once a row's new text holds a stop string."""
-
-    def __init__(self, tokenizer: Any, stop: list[str], prompt_width: int, rows: int) -> None:
-        self.tokenizer = tokenizer
-        self.stop = stop
-        self.prompt_width = prompt_width
-        self.done = torch.zeros(rows, dtype=torch.bool)  # (rows,)
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        rows = (~self.done).nonzero().flatten().tolist()
-        if rows:
-            texts = self.tokenizer.batch_decode(input_ids[rows, self.prompt_width:].cpu(), skip_special_tokens=True)
-            for row, text in zip(rows, texts, strict=True):
-                if stop_index(text, self.stop) is not None:
-                    self.done[row] = True
-        return self.done.to(input_ids.device)
-
-
 def stop_index(text: str, stop: Sequence[str]) -> int | None:
     """Where ``text`` ends if cut after its first stop string (leading whitespace skipped); None: no stop."""
     lead = len(text) - len(text.lstrip())
@@ -177,33 +143,61 @@ def _prompt_texts(tokenizer: Any, prompts: list[str], chat_template: bool) -> li
                                           add_generation_prompt=True) for p in prompts]
 
 
-def _generation_config(tokenizer: Any, model: Any, max_new_tokens: int) -> Any:
-    from transformers import GenerationConfig
-
+def _eos_ids(tokenizer: Any, model: Any) -> set[int]:
     eos = getattr(model.generation_config, "eos_token_id", None)
     if eos is None:
         eos = tokenizer.eos_token_id
-    return GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=True,
-                            pad_token_id=tokenizer.pad_token_id, eos_token_id=eos)
+    return set() if eos is None else {int(e) for e in (eos if isinstance(eos, list | tuple) else [eos])}
 
 
 def _generate_batch(backbone: Any, rows: list[tuple[str, int, int]], config: SamplingConfig,
                     add_special_tokens: bool, stop: list[str]) -> list[str]:
-    """Generate one batch of (text, prompt index, sample index) rows; the new text of each."""
-    from transformers import LogitsProcessorList, StoppingCriteriaList
+    """Generate one batch of (text, prompt index, sample index) rows; the new text of each.
+
+    A KV-cache decoding loop: step 0 reads the left-padded prompts (positions count real tokens
+    only, ``cumsum(mask) - 1``), every later step one new token per live row. A row that draws an
+    end-of-sequence token or completes a stop string leaves the batch: its entries of the cache,
+    mask and positions are dropped, so the next steps compute only the rows still running.
+    """
+    from transformers import DynamicCache
 
     model, tokenizer = backbone.model, backbone.tokenizer
     batch = tokenizer([text for text, _, _ in rows], return_tensors="pt", padding=True,
                       add_special_tokens=add_special_tokens)
     device = next(model.parameters()).device
-    inputs = {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
-    width = inputs["input_ids"].shape[1]
+    step_ids = batch["input_ids"].to(device)  # (rows, width), then (live, 1)
+    mask = batch["attention_mask"].to(device)  # (live, width + step)
+    positions = (mask.long().cumsum(-1) - 1).clamp_min(0)  # (rows, width), then (live, 1)
     uniforms = torch.stack([row_uniforms(config.seed, i, r, config.max_new_tokens) for _, i, r in rows])
-    sampler = _Sampler(uniforms, width, config)  # (rows, max_new_tokens) uniforms
-    criteria = StoppingCriteriaList([_StopOnStrings(tokenizer, stop, width, len(rows))] if stop else [])
-    out = model.generate(**inputs, generation_config=_generation_config(tokenizer, model, config.max_new_tokens),
-                         logits_processor=LogitsProcessorList([sampler]), stopping_criteria=criteria)
-    texts = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+    live = torch.arange(len(rows))  # (live,) each live row's index in ``rows``
+    eos, new = _eos_ids(tokenizer, model), [[] for _ in rows]
+    cache = DynamicCache(config=model.config)
+    accepts = inspect.signature(model.forward).parameters
+    extra = {"cache" if "cache" in accepts else "past_key_values": cache, "use_cache": True}
+    if "logits_to_keep" in accepts:
+        extra["logits_to_keep"] = 1
+    for step in range(config.max_new_tokens):
+        logits = model(input_ids=step_ids, attention_mask=mask, position_ids=positions,
+                       **extra).logits[:, -1].float()  # (live, vocab)
+        tokens = sample_tokens(logits, uniforms[live, step], config)  # (live,)
+        running = []
+        for row, token in zip(live.tolist(), tokens.tolist(), strict=True):
+            if token in eos:
+                running.append(False)
+                continue
+            new[row].append(token)
+            running.append(not stop or stop_index(tokenizer.decode(new[row], skip_special_tokens=True), stop) is None)
+        keep = torch.tensor(running)  # (live,)
+        if step == config.max_new_tokens - 1 or not keep.any():
+            break
+        if not keep.all():
+            index = keep.nonzero().flatten()
+            cache.batch_select_indices(index.to(device))
+            live, tokens, mask, positions = live[index], tokens[index.to(device)], mask[index], positions[index]
+        mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
+        positions = positions[:, -1:] + 1
+        step_ids = tokens.unsqueeze(-1)
+    texts = tokenizer.batch_decode(new, skip_special_tokens=True)
     return [text[:stop_index(text, stop)] for text in texts]  # [:None] keeps a row with no stop whole
 
 

@@ -79,6 +79,14 @@ def test_an_interrupted_run_resumes_without_duplicates(make_decoder, tmp_path, m
     assert synthesise(backbone, spec, CONFIG, tmp_path / "run", progress=False)["samples_made"] == 0 and not calls
 
 
+def test_max_chunks_makes_the_first_chunks_and_a_later_call_the_rest(make_decoder, tmp_path, whole):
+    backbone, spec = make_decoder("llama"), load_spec(SPEC)
+    assert synthesise(backbone, spec, CONFIG, tmp_path, batch_size=8, progress=False, max_chunks=2)["chunks_made"] == 2
+    assert list(iter_raw(tmp_path)) == whole[:8]  # chunks 0 and 1: 2 prompts x 2 samples each
+    assert synthesise(backbone, spec, CONFIG, tmp_path, batch_size=8, progress=False)["chunks_made"] == 4
+    assert list(iter_raw(tmp_path)) == whole
+
+
 def test_resuming_with_other_settings_is_refused(make_decoder, tmp_path):
     backbone, spec = make_decoder("llama"), load_spec(SPEC)
     synthesise(backbone, spec, CONFIG, tmp_path, batch_size=8, progress=False)
@@ -171,6 +179,11 @@ def test_stop_strings_end_rows_early_and_leave_the_text_before_them_unchanged(ma
     assert len(calls) < free_calls  # one row per batch: a stopped row ends its batch, fewer forward passes
     for batch_size in (3, 20):
         assert generate(backbone, PROMPTS, batch_size=batch_size, stop=STOP, **kwargs) == stopped
+    rows = []  # rows per forward pass of one batch of all 20 sequences: stopped rows leave it
+    backbone.model.register_forward_hook(lambda _m, _a, kw, _o: rows.append(kw["input_ids"].shape[0]),
+                                         with_kwargs=True)
+    generate(backbone, PROMPTS, batch_size=20, stop=STOP, **kwargs)
+    assert rows[0] == 20 and rows == sorted(rows, reverse=True) and rows[-1] < 20
 
 
 def test_stop_ignores_leading_whitespace_and_is_checked():
