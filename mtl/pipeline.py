@@ -176,16 +176,23 @@ def source_module(backbone: Backbone, task_spec: str, setup: TransferSetup, base
 
 
 def prepare_source(backbone: Backbone, task_spec: str, setup: TransferSetup, base: TrainerConfig,
-                   store: AdapterStore, run: RunFolder, kind: str = KIND, config: Any = None
-                   ) -> tuple[SourceRef, dict[str, Any]]:
+                   store: AdapterStore, run: RunFolder, kind: str = KIND, config: Any = None,
+                   is_target: bool = False) -> tuple[SourceRef, dict[str, Any]]:
     """``source_module`` plus the source's quality: its validation metric vs its constant baseline.
 
     Stage 1 runs up to ``source_epochs`` epochs, evaluates after each, stops after
     ``source_patience`` epochs without improvement and keeps the best validation weights.
+    ``is_target``: this is the target's own module, trained on exactly the target's split (its
+    sample limits and fields), so that no method sees more target labels than the baseline adapter.
     """
     config = config if config is not None else setup.source_config(kind)
-    train_limit, eval_limit = setup.limits(source=True)
-    task = load_task(task_spec, seed=setup.data_seed, max_train_samples=train_limit, max_eval_samples=eval_limit)
+    if is_target:
+        train_limit, eval_limit = setup.limits(source=False)
+        task = setup.load(task_spec, max_train_samples=train_limit or 0, max_eval_samples=eval_limit or 0)
+    else:
+        train_limit, eval_limit = setup.limits(source=True)
+        task = load_task(task_spec, seed=setup.data_seed, max_train_samples=train_limit,
+                         max_eval_samples=eval_limit)
     settings = {**source_settings(setup, base), "config": asdict(config), "data": data_fingerprint(task),
                 "weights": backbone_fingerprint(backbone.model, store.root / ".fingerprints.json")}
     key = store_key(backbone.signature(), task_spec, settings, kind=kind)
@@ -322,9 +329,11 @@ def run_transfer(setup: TransferSetup, base: TrainerConfig, run: RunFolder) -> d
     logger.info("target %s: %d train / %d validation / %d test", target.name, len(target.train),
                 len(target.validation), len(target.test))
     store = AdapterStore(setup.store)
-    specs = setup.source_list() + ([setup.target] if setup.include_target_adapter else [])
+    specs = [(spec, False) for spec in setup.source_list()]
+    specs += [(setup.target, True)] if setup.include_target_adapter else []
     kinds = dict.fromkeys(transfer_method(m).source_kinds[0] for m in methods if transfer_method(m).uses_sources)
-    prepared = [prepare_source(backbone, spec, setup, base, store, run, kind) for kind in kinds for spec in specs]
+    prepared = [prepare_source(backbone, spec, setup, base, store, run, kind, is_target=is_target)
+                for kind in kinds for spec, is_target in specs]
     refs, qualities = [r for r, _ in prepared], [q for _, q in prepared]
     run.write_json("config.json", {
         "job": "transfer", "setup": asdict(setup), "trainer": asdict(base), "backbone": backbone.signature(),

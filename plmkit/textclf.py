@@ -61,18 +61,26 @@ class PadCollator:
 @torch.no_grad()
 def predict(model: nn.Module, features: list[dict[str, Any]], collator: PadCollator,
             batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """(logits or scores, labels) for every feature, in order."""
+    """(logits or scores, labels) for every feature, in order.
+
+    Batches are formed in order of length (longest first) so that each pads little, and the
+    outputs are put back in input order: padding is masked, so only float rounding can differ
+    from batching in input order, while the padded tokens computed fall sharply on mixed lengths.
+    """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    order = sorted(range(len(features)), key=lambda i: -len(features[i]["input_ids"]))
     outputs, labels = [], []
-    for start in range(0, len(features), batch_size):
-        batch = move_to_device(collator(features[start:start + batch_size]), device)
+    for start in range(0, len(order), batch_size):
+        batch = move_to_device(collator([features[i] for i in order[start:start + batch_size]]), device)
         outputs.append(model(**batch).float().cpu())
         labels.append(batch["labels"].cpu())
     model.train(was_training)
-    logits = torch.cat(outputs).numpy()
-    return (logits[:, 0] if logits.shape[1] == 1 else logits), torch.cat(labels).numpy()
+    inverse = np.argsort(np.asarray(order, dtype=np.int64), kind="stable")  # sorted position of each input
+    logits = torch.cat(outputs).numpy()[inverse]
+    gold = torch.cat(labels).numpy()[inverse]
+    return (logits[:, 0] if logits.shape[1] == 1 else logits), gold
 
 
 def evaluate(model: nn.Module, features: list[dict[str, Any]], collator: PadCollator, is_regression: bool,

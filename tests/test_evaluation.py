@@ -85,3 +85,24 @@ def test_train_classifier_leaves_its_config_untouched(task_data, tmp_path):
     result = train_classifier(build_classifier(backbone.model, data.task.num_labels), data, config)
     assert dataclasses.asdict(config) == before
     assert result.best_metric == max(r["accuracy"] for r in result.history)  # task metric, larger is better
+
+
+def test_predict_batches_by_length_but_returns_input_order(make_encoder):
+    """Length-sorted batching must not reorder outputs: each row equals its own unpadded forward."""
+    import torch
+
+    from plmkit.models import build_classifier
+    from plmkit.textclf import PadCollator, predict
+
+    backbone = make_encoder("bert")
+    model = build_classifier(backbone.model, 3).eval()
+    torch.manual_seed(0)
+    lengths = [3, 9, 5, 12, 4, 7, 2]  # mixed, not sorted
+    features = [{"input_ids": [1] + torch.randint(5, 30, (n,)).tolist(), "attention_mask": [1] * (n + 1),
+                 "labels": torch.tensor(i % 3)} for i, n in enumerate(lengths)]
+    logits, labels = predict(model, features, PadCollator(0), batch_size=3)
+    with torch.no_grad():
+        alone = torch.cat([model(input_ids=torch.tensor([f["input_ids"]]),
+                                 attention_mask=torch.tensor([f["attention_mask"]])) for f in features])
+    assert labels.tolist() == [i % 3 for i in range(len(lengths))]
+    assert torch.allclose(torch.from_numpy(logits), alone, atol=1e-5)
