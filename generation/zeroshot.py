@@ -4,7 +4,8 @@ For a text ``x`` and each label ``l``, fill the spec's zero-shot template (``{la
 word, ``{text}`` -> x, and ``{condition}`` -> the premise for pair tasks) and compute the causal LM's
 loss of the whole filled string, ``L(l) = -sum_t log p(w_t | w_<t)``. The prediction is
 ``argmin_l L(l)``. Summing (not averaging) over tokens compares the same text under each label.
-Batches are right-padded; padded positions are left out of the sum.
+Texts are batched in order of token count (little padding), right-padded; padded positions are
+left out of the sum.
 """
 
 from __future__ import annotations
@@ -27,19 +28,22 @@ def sequence_losses(backbone: Any, texts: Sequence[str], batch_size: int = 16) -
     tokenizer.padding_side = "right"
     model.eval()
     device = next(model.parameters()).device
-    out = []
+    texts = list(texts)
+    order = np.argsort([len(ids) for ids in tokenizer(texts)["input_ids"]], kind="stable")  # batches of like lengths
+    out = np.empty(len(texts))
     try:
         for start in range(0, len(texts), batch_size):
-            batch = tokenizer(list(texts[start:start + batch_size]), return_tensors="pt", padding=True)
+            rows = order[start:start + batch_size]
+            batch = tokenizer([texts[i] for i in rows], return_tensors="pt", padding=True)
             ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
             logits = model(input_ids=ids, attention_mask=mask).logits.float()  # (batch, seq, vocab)
             logp = torch.log_softmax(logits[:, :-1], dim=-1)  # (batch, seq-1, vocab): predicts tokens 1..
             token_logp = logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)  # (batch, seq-1)
-            out.append(-(token_logp * mask[:, 1:]).sum(-1).cpu())
+            out[rows] = -(token_logp * mask[:, 1:]).sum(-1).double().cpu().numpy()
     finally:
         tokenizer.padding_side = side
         model.train(was_training)
-    return torch.cat(out).numpy()
+    return out
 
 
 def zero_shot_predict(backbone: Any, spec: TaskSpec, texts: Sequence[str],

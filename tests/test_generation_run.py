@@ -128,6 +128,7 @@ def test_sequence_losses_match_a_per_text_computation(make_decoder):
     backbone = make_decoder("llama")
     texts = ["the movie was good", "bad", "a very long and boring plot of the film"]
     batched = sequence_losses(backbone, texts, batch_size=3)
+    assert sequence_losses(backbone, texts, batch_size=2) == pytest.approx(batched, rel=1e-5)  # put back in order
     for text, loss in zip(texts, batched, strict=True):
         ids = backbone.tokenizer(text, return_tensors="pt")["input_ids"]
         with torch.no_grad():
