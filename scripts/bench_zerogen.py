@@ -114,8 +114,11 @@ def main() -> None:
     parser.add_argument("--max-eval-samples", type=int, default=0, help="0: the whole validation split")
     parser.add_argument("--supervised-train-samples", type=int, default=4000)
     parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--task-model", default="lstm", help="lstm, transformer, or an encoder to fine-tune")
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--losses", default="ce", help="comma-separated losses for the synthetic runs (ce, sce, ...)")
     parser.add_argument("--throughput-only", action="store_true", help="skip the accuracy part")
+    parser.add_argument("--no-baselines", action="store_true", help="skip zero-shot and supervised (synthetic only)")
     parser.add_argument("--output", default="scripts/results/bench_zerogen.json")
     args = parser.parse_args()
 
@@ -180,13 +183,14 @@ def main() -> None:
                                          max_train_samples=args.supervised_train_samples),
             "sst2": load_task(str(SST2), label_names=spec.labels, max_eval_samples=limit,
                               max_train_samples=args.supervised_train_samples)}
-    trainer = TrainerConfig(output_dir=str(folder / "train"), epochs=args.epochs, batch_size=32, learning_rate=1e-3,
+    trainer = TrainerConfig(output_dir=str(folder / "train"), epochs=args.epochs, batch_size=32,
+                            learning_rate=args.learning_rate,
                             progress=False, save_checkpoints=False)
-    model_config = TaskModelConfig()
+    model_config = TaskModelConfig(task_model=args.task_model)
     result["accuracy"] = {name: {"eval_rows": len(task.validation), "supervised_train_rows": len(task.train)}
                           for name, task in real.items()}
     work = Path(tempfile.mkdtemp(prefix="zerogen-train-"))
-    for name, task in real.items():
+    for name, task in real.items() if not args.no_baselines else []:
         entry = result["accuracy"][name]
         t = time.perf_counter()
         entry["zero_shot"] = zero_shot_accuracy(backbone, spec, task, "validation")["accuracy"]
@@ -214,13 +218,15 @@ def main() -> None:
 
 
 def _print_table(result: dict, sizes: list[int], losses: list[str]) -> None:
-    rows = [("zero-shot prompting of the generator", "zero_shot"), ("BiLSTM, real training split", "supervised")]
-    rows += [(f"BiLSTM, {size} synthetic ({loss})", f"synthetic_{size}_{loss}") for size in sizes for loss in losses]
+    model = {"lstm": "BiLSTM"}.get(result["settings"]["task_model"], result["settings"]["task_model"])
+    rows = [("zero-shot prompting of the generator", "zero_shot"), (f"{model}, real training split", "supervised")]
+    rows += [(f"{model}, {size} synthetic ({loss})", f"synthetic_{size}_{loss}") for size in sizes for loss in losses]
     names = list(result["accuracy"])
     print("| method | " + " | ".join(names) + " |")
     print("|---|" + "---|" * len(names))
     for title, key in rows:
-        print(f"| {title} | " + " | ".join(f"{100 * result['accuracy'][n][key]:.2f}" for n in names) + " |")
+        if all(key in result["accuracy"][n] for n in names):
+            print(f"| {title} | " + " | ".join(f"{100 * result['accuracy'][n][key]:.2f}" for n in names) + " |")
 
 
 def _report_naive(naive: dict) -> None:
