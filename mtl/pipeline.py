@@ -78,7 +78,8 @@ class TransferSetup(DataArgs):
     source_max_eval_samples: int | None = 200
     """Validation examples per source adapter (0 uses all)."""
     source_epochs: int = 2
-    """Most epochs per source adapter; with the sample limit this is the per-source budget."""
+    """Most epochs per source adapter; with the sample limit this is the per-source budget (the target's own
+    adapter trains on the stage-2 schedule instead, like the baseline it stands beside)."""
     source_patience: int | None = 1
     """Stop a source after this many epochs without a better validation metric (best weights kept)."""
     source_learning_rate: float = 1e-3
@@ -162,10 +163,15 @@ def _limit(value: int | None) -> int | None:
 
 
 # ------------------------------------------------------------------------------ stage 1
-def source_settings(setup: TransferSetup, base: TrainerConfig) -> dict[str, Any]:
-    """The stage-1 settings that shape a source module (part of its store key)."""
-    return {"max_length": setup.max_length, "pooling": setup.pooling, "epochs": setup.source_epochs,
-            "patience": setup.source_patience, "learning_rate": setup.source_learning_rate,
+def source_settings(setup: TransferSetup, base: TrainerConfig, is_target: bool = False) -> dict[str, Any]:
+    """The stage-1 settings that shape a source module (part of its store key).
+
+    A source trains for at most ``source_epochs`` with early stopping (``source_patience``); the
+    target's own module is trained like the baseline adapter it stands beside: the stage-2 epochs,
+    no early stopping, the best validation epoch kept (it is as cheap as the target is small)."""
+    epochs, patience = (base.epochs, None) if is_target else (setup.source_epochs, setup.source_patience)
+    return {"max_length": setup.max_length, "pooling": setup.pooling, "epochs": epochs,
+            "patience": patience, "learning_rate": setup.source_learning_rate,
             "batch_size": base.batch_size, "seed": 0}
 
 
@@ -183,7 +189,8 @@ def prepare_source(backbone: Backbone, task_spec: str, setup: TransferSetup, bas
     Stage 1 runs up to ``source_epochs`` epochs, evaluates after each, stops after
     ``source_patience`` epochs without improvement and keeps the best validation weights.
     ``is_target``: this is the target's own module, trained on exactly the target's split (its
-    sample limits and fields), so that no method sees more target labels than the baseline adapter.
+    sample limits and fields), so that no method sees more target labels than the baseline adapter,
+    and on the baseline's schedule (see :func:`source_settings`).
     """
     config = config if config is not None else setup.source_config(kind)
     if is_target:
@@ -193,11 +200,11 @@ def prepare_source(backbone: Backbone, task_spec: str, setup: TransferSetup, bas
         train_limit, eval_limit = setup.limits(source=True)
         task = load_task(task_spec, seed=setup.data_seed, max_train_samples=train_limit,
                          max_eval_samples=eval_limit)
-    settings = {**source_settings(setup, base), "config": asdict(config), "data": data_fingerprint(task),
+    settings = {**source_settings(setup, base, is_target), "config": asdict(config), "data": data_fingerprint(task),
                 "weights": backbone_fingerprint(backbone.model, store.root / ".fingerprints.json")}
     key = store_key(backbone.signature(), task_spec, settings, kind=kind)
-    trainer = replace(base, epochs=setup.source_epochs, max_steps=None, learning_rate=setup.source_learning_rate,
-                      seed=settings["seed"], metric=None, early_stopping_patience=setup.source_patience,
+    trainer = replace(base, epochs=settings["epochs"], max_steps=None, learning_rate=setup.source_learning_rate,
+                      seed=settings["seed"], metric=None, early_stopping_patience=settings["patience"],
                       eval_every_steps=None, load_best_at_end=True, resume=False)
     folder = run.path / "stage1" / task.name
 

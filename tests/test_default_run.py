@@ -149,19 +149,23 @@ def test_full_ignores_every_sample_limit():
 
 def test_the_targets_own_module_trains_on_the_targets_split_only(tmp_path, tiny_backbone_dir, monkeypatch):
     """No method may see more target labels than the baseline: the target's stage-1 adapter uses the
-    target's sample limits (10 here), a source the source limits (20)."""
+    target's sample limits (10 here), a source the source limits (20); the target's module trains on
+    the baseline's schedule (the stage-2 epochs, no early stopping), a source on the source budget."""
     import plmkit.mtl.pipeline as pipeline
 
-    seen, real = {}, pipeline.train_source
+    seen, schedules, real = {}, {}, pipeline.train_source
 
-    def recording(model, backbone, task, *args, **kwargs):
+    def recording(model, backbone, task, kind, config, trainer, *args, **kwargs):
         seen[task.name] = len(task.train)
-        return real(model, backbone, task, *args, **kwargs)
+        schedules[task.name] = (trainer.epochs, trainer.early_stopping_patience)
+        return real(model, backbone, task, kind, config, trainer, *args, **kwargs)
 
     monkeypatch.setattr(pipeline, "train_source", recording)
     source = _write_task(tmp_path / "src", n_train=24, n_eval=8)
     target = _write_task(tmp_path / "target", n_train=24, n_eval=8)
     assert main(_transfer_args(tmp_path, tiny_backbone_dir, [source], target, tmp_path / "run",
                                "--method", "scalearn", "--seeds", "1", "--no-baseline",
-                               "--max-train-samples", "10", "--source-max-train-samples", "20")) == 0
+                               "--max-train-samples", "10", "--source-max-train-samples", "20",
+                               "--epochs", "3", "--source-epochs", "1", "--source-patience", "1")) == 0
     assert seen == {"src": 20, "target": 10}
+    assert schedules == {"src": (1, 1), "target": (3, None)}
