@@ -191,9 +191,10 @@ def _generate_batch(backbone: Any, rows: list[tuple[str, int, int]], config: Sam
         if step == config.max_new_tokens - 1 or not keep.any():
             break
         if not keep.all():
-            index = keep.nonzero().flatten()
-            cache.batch_select_indices(index.to(device))
-            live, tokens, mask, positions = live[index], tokens[index.to(device)], mask[index], positions[index]
+            index = keep.nonzero().flatten()  # (still live,)
+            on_device = index.to(device)
+            cache.batch_select_indices(on_device)
+            live, tokens, mask, positions = live[index], tokens[on_device], mask[on_device], positions[on_device]
         mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
         positions = positions[:, -1:] + 1
         step_ids = tokens.unsqueeze(-1)
@@ -207,9 +208,9 @@ def generate(backbone: Any, prompts: Sequence[str], max_new_tokens: int = 40, te
     """For each prompt, ``num_return_sequences`` continuations (new text only), in input order.
 
     ``backbone`` is a causal-LM :class:`plmkit.backbones.Backbone` (``load_causal_lm``,
-    ``tiny_causal_lm``). ``batch_size`` counts generated sequences per forward pass. ``stop``: a
-    string or strings that end a row early (kept at the end of its text). See the module
-    docstring for what the seed and the stop strings guarantee.
+    ``tiny_causal_lm``). ``batch_size`` counts generated sequences per batch (stopped ones leave
+    it). ``stop``: a string or strings that end a row early (kept at the end of its text). See
+    the module docstring for what the seed and the stop strings guarantee.
     """
     config = SamplingConfig(max_new_tokens, temperature, top_p, top_k, num_return_sequences, seed)
     prompts = _check_prompts(prompts)

@@ -116,9 +116,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--task-model", default="lstm", help="lstm, transformer, or an encoder to fine-tune")
     parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--losses", default="ce", help="comma-separated losses for the synthetic runs (ce, sce, ...)")
+    parser.add_argument("--losses", default="ce", help="comma-separated losses for the synthetic runs (ce, sce, ...; "
+                        "'none': no synthetic run)")
     parser.add_argument("--throughput-only", action="store_true", help="skip the accuracy part")
-    parser.add_argument("--no-baselines", action="store_true", help="skip zero-shot and supervised (synthetic only)")
+    parser.add_argument("--baselines", default="zero-shot,supervised", help="which baselines to run ('none': neither)")
     parser.add_argument("--output", default="scripts/results/bench_zerogen.json")
     args = parser.parse_args()
 
@@ -190,20 +191,24 @@ def main() -> None:
     result["accuracy"] = {name: {"eval_rows": len(task.validation), "supervised_train_rows": len(task.train)}
                           for name, task in real.items()}
     work = Path(tempfile.mkdtemp(prefix="zerogen-train-"))
-    for name, task in real.items() if not args.no_baselines else []:
+    baselines = args.baselines.split(",")
+    losses = [] if args.losses == "none" else args.losses.split(",")
+    for name, task in real.items():
         entry = result["accuracy"][name]
-        t = time.perf_counter()
-        entry["zero_shot"] = zero_shot_accuracy(backbone, spec, task, "validation")["accuracy"]
-        entry["zero_shot_seconds"] = time.perf_counter() - t
-        _, _, sup = train_task_model(supervised_task(task, spec.labels, 0), model_config, trainer, "ce", 64,
-                                     work / f"sup-{name}", task)
-        entry["supervised"] = sup["validation"]["accuracy"]
+        if "zero-shot" in baselines:
+            t = time.perf_counter()
+            entry["zero_shot"] = zero_shot_accuracy(backbone, spec, task, "validation")["accuracy"]
+            entry["zero_shot_seconds"] = time.perf_counter() - t
+        if "supervised" in baselines:
+            _, _, sup = train_task_model(supervised_task(task, spec.labels, 0), model_config, trainer, "ce", 64,
+                                         work / f"sup-{name}", task)
+            entry["supervised"] = sup["validation"]["accuracy"]
         _save(result, args.output)
         print(name, json.dumps(entry), flush=True)
     for size in sizes:
         synth, counts = synthetic_task(rows, spec, size, 0)
         result[f"synthetic_{size}_filter_counts"] = counts
-        for loss in args.losses.split(","):
+        for loss in losses:
             model, tokenizer, scores = train_task_model(synth, model_config, trainer, loss, 64,
                                                         work / f"syn-{size}-{loss}")
             for name, task in real.items():  # one model per (size, loss), scored on every real task
@@ -214,7 +219,7 @@ def main() -> None:
             _save(result, args.output)
             print(size, loss, json.dumps({name: entry[f"synthetic_{size}_{loss}"]
                                           for name, entry in result["accuracy"].items()}), flush=True)
-    _print_table(result, sizes, args.losses.split(","))
+    _print_table(result, sizes, losses)
 
 
 def _print_table(result: dict, sizes: list[int], losses: list[str]) -> None:
