@@ -16,8 +16,10 @@ The raw samples live in --data-dir (resumable): a later run with the same genera
 reuses them and times nothing, and --max-chunks lets one run make only the first chunks of a
 larger --n. Prints a table, writes JSON.
 
-    python scripts/bench_zerogen.py --n 5000 --max-chunks 9 --throughput-only --data-dir runs/zerogen/n5000
-    python scripts/bench_zerogen.py --n 5000 --sizes 1000 --naive-samples 0 --data-dir runs/zerogen/n5000
+    python scripts/bench_zerogen.py --n 1000 --naive-samples 16 --throughput-only --data-dir /tmp/zg/n1000
+    python scripts/bench_zerogen.py --n 1000 --sizes 1000 --naive-samples 0 --losses ce,sce --data-dir /tmp/zg/n1000
+
+(the second reuses the first's samples; docs/zerogen.md has the commands behind the published tables).
 """
 
 from __future__ import annotations
