@@ -5,7 +5,8 @@ names; generate (``generation/raw.rank*.jsonl``, resumable) unless ``--synthetic
 made earlier; filter and write ``generation/synthetic/`` (JSONL + ``dataset/``); train the task
 model on it, selecting on the synthetic validation split; score it on the real task; and, in the
 same run, the two baselines: zero-shot prompting of the generator, and the same task model trained
-on the real training split (the supervised ceiling).
+on the real training split (the supervised ceiling; selected on rows held out of that split, never
+on the real split it is scored on).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from plmkit.generation.spec import TaskSpec, load_spec
 from plmkit.generation.task_models import TaskModelConfig, build_task_model
 from plmkit.generation.zerogen import GenerationConfig, synthesise
 from plmkit.generation.zeroshot import zero_shot_accuracy
-from plmkit.jobs import DataArgs, finetune_and_evaluate
+from plmkit.jobs import DataArgs
 from plmkit.runs import RunFolder, environment
 from plmkit.tasks import load_task
 from plmkit.textclf import TaskData, train_classifier
@@ -88,6 +89,26 @@ def load_eval_task(setup: GenerateSetup, spec: TaskSpec) -> Any:
     return task
 
 
+def supervised_task(real: Any, held_out: float, seed: int) -> Any:
+    """The real training split with ``held_out`` of it carved out (seeded) for model selection.
+
+    The supervised ceiling must not select on the real validation split it is then scored on (nor
+    see it at all): it trains on the rest of the training rows and is scored on the real splits.
+    """
+    from plmkit.tasks import task_from_frames
+
+    frame = real.train.to_pandas()
+    frame[real.label_field] = [real.label_names[i] for i in frame[real.label_field]]
+    train = frame.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+    cut = max(1, round(held_out * len(train)))
+    if len(train) - cut < 1:
+        raise ConfigError(f"the real training split of {real.name} has {len(train)} rows: too few to hold out "
+                          f"{held_out:.0%} for selecting the supervised baseline; pass --no-supervised")
+    return task_from_frames(f"{real.name}-supervised", train.iloc[cut:], train.iloc[:cut], train.iloc[:cut],
+                            text_fields=list(real.text_fields), label_field=real.label_field,
+                            label_names=list(real.label_names), seed=seed)
+
+
 def _texts(task: Any) -> list[str]:
     return [text for field in task.text_fields for text in task.train[field]]
 
@@ -140,8 +161,9 @@ def run_generate(setup: GenerateSetup, generation: GenerationConfig, model_confi
             backbone = load_causal_lm(setup.generator)
         metrics["zero_shot"] = zero_shot_accuracy(backbone, spec, real, setup.eval_split)
     if real is not None and setup.supervised:
-        model, tokenizer = build_task_model(model_config, _texts(real), real.num_labels, setup.max_length, trainer.seed)
-        metrics["supervised"] = finetune_and_evaluate(model, TaskData(real, tokenizer, setup.max_length), trainer,
-                                                      run.path / "supervised_model", loss=NoiseRobustLoss("ce"))
+        _, _, scores = train_task_model(supervised_task(real, setup.held_out, setup.data_seed), model_config,
+                                        trainer, "ce", setup.max_length, run.path / "supervised_model", real)
+        metrics["supervised"] = {"train": scores["train"], "held_out": scores["synthetic_validation"],
+                                 **{split: scores[split] for split in EVAL_SPLITS}}
     run.write_json("metrics.json", metrics)
     return metrics

@@ -46,7 +46,7 @@ def test_generate_end_to_end_with_both_baselines(setup_files, capsys):
     for key in ("validation", "test", "synthetic_test"):
         assert 0.0 <= metrics["synthetic_model"][key]["accuracy"] <= 1.0
     assert metrics["zero_shot"]["examples"] == 8
-    assert set(metrics["supervised"]) == {"train", "validation", "test"}
+    assert set(metrics["supervised"]) == {"train", "held_out", "validation", "test"}
     lines = (root / "run" / "generation" / "synthetic" / "train.jsonl").read_text().splitlines()
     assert {json.loads(line)["label"] for line in lines} <= {"negative", "positive"}
     out = capsys.readouterr().out
@@ -67,3 +67,26 @@ def test_eval_task_with_other_labels_is_a_clear_error(setup_files, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error:") and "label" in err and "Traceback" not in err
     assert not (root / "run2" / "generation").exists()  # refused before generating anything
+
+
+def test_the_supervised_baseline_selects_on_rows_held_out_of_the_real_training_split():
+    """The ceiling must never select on the real split it is scored on: its validation rows come out of
+    the real training split (a seeded 25 % here), disjoint from what it trains on."""
+    import pandas as pd
+
+    from plmkit.generation.jobs import supervised_task
+    from plmkit.tasks import task_from_frames
+
+    texts = [f"review number {i}" for i in range(20)]
+    frame = pd.DataFrame({"text": texts, "label": ["negative", "positive"] * 10})
+    other = pd.DataFrame({"text": ["unseen a", "unseen b"], "label": ["negative", "positive"]})
+    real = task_from_frames("real", frame, other, other, label_names=["negative", "positive"])
+    task = supervised_task(real, 0.25, seed=3)
+    train, held = list(task.train["text"]), list(task.validation["text"])
+    assert len(held) == 5 and len(train) == 15 and not set(train) & set(held)
+    assert sorted(train + held) == sorted(texts)  # every real training row, none of the real validation
+    assert task.label_names == ["negative", "positive"]
+    by_text = dict(zip(texts, ["negative", "positive"] * 10, strict=True))
+    assert all(task.label_names[label] == by_text[text] for text, label in zip(task.train["text"],
+                                                                              task.train["label"], strict=True))
+    assert list(supervised_task(real, 0.25, seed=3).validation["text"]) == held  # seeded
