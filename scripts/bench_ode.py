@@ -1,15 +1,17 @@
 """ODE benchmark: accuracy-latency frontier of the step-robust shared MiniLM vs dropping layers.
 
 For each task (rotten-tomatoes and GLUE SST-2 from ../shared/data/glue/sst2) this runs the
-``plmkit compress ode`` job: fine-tune MiniLM-L6 (the dense reference and teacher), build the fully
-shared model (T = 6 Euler steps, block = mean of the 6 layers), train it with step counts drawn per
-batch from {6, 3, 2} plus distillation, then measure 6, 3, 2 and 1 steps; the baseline keeps the first
-3, 2 and 1 layers of the fine-tuned dense model and fine-tunes each the same way.
+``plmkit compress ode`` job: fine-tune MiniLM-L6 (the dense reference and teacher; cached in
+``--dense-cache`` so lever reruns share it), build the shared model (T = 6 Euler steps; by default one
+block = mean of the 6 layers), train it with step counts drawn per batch from {6, 3, 2} plus
+distillation, then measure ``--eval-steps`` (6, 3, 2); the baseline keeps the first 3 and 2 layers of
+the fine-tuned dense model and fine-tunes each the same way (docs/ode.md has the commands used).
 
-    python scripts/bench_ode.py --train-samples 1000 --eval-samples 400 --max-length 48 --epochs 1
+    python scripts/bench_ode.py --tasks rotten-tomatoes --train-samples 2000 --eval-samples 500 \
+        --max-length 48 --epochs 2 --ode-epochs 3 --ode-learning-rate 2e-4 --latency-tokens 48
 
-Latency is the median wall time of one eval forward of a fixed batch (``--latency-batch`` x
-``--latency-tokens``) on the CPU; no GPU figures come from a machine without one. Prints one table
+Latency is the median over ``--latency-rounds`` interleaved rounds (every row timed once per round) of
+one eval forward of a fixed batch (``--latency-batch`` x ``--latency-tokens``) on the CPU; no GPU figures come from a machine without one. Prints one table
 per task and writes JSON (``--out``).
 """
 
