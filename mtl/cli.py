@@ -118,15 +118,15 @@ def register_transfer(sub: argparse._SubParsersAction) -> None:
         "transfer", epilog=EPILOG,
         help="stage 1 (train or reuse source adapters) -> stage 2 (fusion / ScaLearn) -> evaluate",
         description="With no arguments: the bundled MiniLM, sources tweet-sentiment, bbc-topic, "
-                    "rt-subjectivity (+ the target's own adapter; 400 examples each, up to 2 epochs with "
-                    "early stopping), target rotten-tomatoes (200 training examples), method scalearn "
-                    "beside the target's own adapter as the baseline. --full uses every example.")
+                    "rt-subjectivity (400 examples each, up to 2 epochs with early stopping) + the target's "
+                    "own adapter, target rotten-tomatoes (200 training examples), method scalearn for 5 "
+                    "epochs beside the target's own adapter as the baseline. --full uses every example.")
     add_common(parser)
     add_dataclass_arguments(parser, TransferSetup, title="transfer")
     add_method_flags(parser)
     add_dataclass_arguments(parser, TrainerConfig, title="stage-2 training",
                             exclude=("learning_rate", "seed", "metric", "greater_is_better"),
-                            defaults={"output_dir": None, "epochs": 8, "batch_size": 16})
+                            defaults={"output_dir": None, "epochs": 5, "batch_size": 16})
     parser.set_defaults(func=cmd_transfer, _parser=parser)
 
 

@@ -78,7 +78,7 @@ def test_embed_command_end_to_end(tiny_backbone_dir, tmp_path, capsys):
     data = tmp_path / "sentences.txt"
     data.write_text("\n".join(SENTENCES * 2) + "\n\n")
     pairs = tmp_path / "pairs.jsonl"
-    rows = [{"text_a": a, "text_b": b, "label": float(i % 5)} for i, (a, b) in enumerate(zip(SENTENCES, SENTENCES[1:]))]
+    rows = [{"text_a": a, "text_b": b, "label": float(i % 5)} for i, (a, b) in enumerate(zip(SENTENCES, SENTENCES[1:], strict=False))]
     pairs.write_text("\n".join(json.dumps(r) for r in rows))
     out = tmp_path / "run"
     code = main(["embed", "--model", str(tiny_backbone_dir), "--layers", "1", "--teacher", str(tiny_backbone_dir),
