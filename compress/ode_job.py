@@ -16,6 +16,7 @@ the ratios between rows are comparable even when the absolute times drift.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import statistics
 import time
@@ -35,6 +36,7 @@ from plmkit.compress.ode import ODEClassifier, ODEConfig, parse_steps
 from plmkit.compress.ode_build import build_ode_encoder, save_ode_model
 from plmkit.errors import ConfigError
 from plmkit.flops import count_flops
+from plmkit.io import save_tensors_atomic
 from plmkit.jobs import DataArgs, finetune_and_evaluate
 from plmkit.layers import keep_layers
 from plmkit.models import build_classifier
@@ -158,12 +160,27 @@ def time_rows(rows: list[dict[str, Any]], timed: list[tuple[nn.Module, int | Non
 
 
 def _dense(dense: nn.Module, setup: ODESetup, data: TaskData, trainer: TrainerConfig, run: RunFolder,
-           epochs: int) -> dict[str, Any] | None:
-    """Fine-tune ``dense`` (or load it from ``setup.dense_cache``); its scores, or None without training."""
+           epochs: int, backbone: str) -> dict[str, Any] | None:
+    """Fine-tune ``dense`` (or load it from ``setup.dense_cache``); its scores, or None without training.
+
+    The cache file records what the dense model was trained with (backbone, task data, fine-tuning
+    settings, in its safetensors metadata); a file made with anything else is refused, not reused.
+    """
     cache = Path(setup.dense_cache) if setup.dense_cache else None
+    made_with = {"backbone": backbone, "task": data.task.describe(), "max_length": setup.max_length,
+                 "pooling": setup.pooling, "data_seed": setup.data_seed, "epochs": epochs,
+                 "learning_rate": trainer.learning_rate, "batch_size": trainer.batch_size, "seed": trainer.seed}
     if cache is not None and cache.is_file():
+        from safetensors import safe_open
         from safetensors.torch import load_file
 
+        with safe_open(cache, "pt") as handle:
+            stored = json.loads((handle.metadata() or {}).get("plmkit_dense", "null"))
+        current = json.loads(json.dumps(made_with))  # as it would be stored
+        if stored != current:
+            differ = sorted(k for k in current if not stored or stored.get(k) != current.get(k))
+            raise ConfigError(f"--dense-cache {cache} was made with other settings ({', '.join(differ) or 'none recorded'}"
+                              "); pass another --dense-cache path or delete the file to fine-tune anew")
         dense.load_state_dict(load_file(cache))
         logger.info("dense model loaded from %s (no fine-tuning)", cache)
         return {"loaded_from": str(cache), "validation": data.evaluate(dense, "validation"),
@@ -172,10 +189,8 @@ def _dense(dense: nn.Module, setup: ODESetup, data: TaskData, trainer: TrainerCo
         return None
     result = finetune_and_evaluate(dense, data, replace(trainer, epochs=epochs), run.path / "dense")
     if cache is not None and distributed.is_main_process():
-        from safetensors.torch import save_file
-
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in dense.state_dict().items()}, cache)
+        save_tensors_atomic({k: v.contiguous() for k, v in dense.state_dict().items()}, cache,
+                            metadata={"plmkit_dense": json.dumps(made_with)})
     return result
 
 
@@ -192,7 +207,7 @@ def ode_compress(setup: ODESetup, config: ODEConfig, trainer: TrainerConfig, run
     metric = task.metric
     dense = build_classifier(backbone.model, task.num_labels, pooling=setup.pooling)
     metrics: dict[str, Any] = {"model": backbone.name, "task": task.name, "metric": metric}
-    dense_result = _dense(dense, setup, data, trainer, run, _epochs(setup.dense_epochs, trainer))
+    dense_result = _dense(dense, setup, data, trainer, run, _epochs(setup.dense_epochs, trainer), backbone.name)
     if dense_result is not None:
         metrics["dense"] = dense_result
     model = ODEClassifier(build_ode_encoder(dense.encoder, config), copy.deepcopy(dense.head))

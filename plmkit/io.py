@@ -39,15 +39,16 @@ def atomic_write_json(path: str | Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def save_tensors_atomic(tensors: dict[str, torch.Tensor], path: str | Path) -> None:
-    """Save a safetensors file through a temporary name and a rename."""
+def save_tensors_atomic(tensors: dict[str, torch.Tensor], path: str | Path,
+                        metadata: dict[str, str] | None = None) -> None:
+    """Save a safetensors file (with optional string ``metadata``) through a temporary name and a rename."""
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

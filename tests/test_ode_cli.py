@@ -35,3 +35,33 @@ def test_ode_cli_writes_table_plot_and_a_model_that_reloads_with_any_steps(tmp_p
     with torch.no_grad():
         logits = loaded.model(batch["input_ids"], batch["attention_mask"])
     assert logits.shape == (1, 2) and loaded.model.encoder.last_evals == 2
+
+
+def test_dense_cache_is_reused_only_for_the_settings_it_was_made_with(tmp_path, make_encoder):
+    """A cached dense teacher made for another task setting must be refused, never silently reused."""
+    from dataclasses import replace
+
+    from plmkit.compress.ode_job import ODESetup, _dense
+    from plmkit.errors import ConfigError
+    from plmkit.models import build_classifier
+    from plmkit.runs import RunFolder
+    from plmkit.textclf import TaskData
+    from plmkit.trainer import TrainerConfig
+    from tests.test_cli import _write_task
+
+    backbone = make_encoder("bert")
+    setup = ODESetup(task=str(_write_task(tmp_path / "task")), max_length=16, dense_cache=str(tmp_path / "d.st"))
+    data = TaskData(setup.load(setup.task), backbone.tokenizer, 16)
+    trainer = TrainerConfig(output_dir=str(tmp_path / "t"), batch_size=8, progress=False, save_checkpoints=False)
+    run = RunFolder(tmp_path / "run")
+    trained = build_classifier(backbone.model, 2)
+    assert "loaded_from" not in _dense(trained, setup, data, trainer, run, 1, "tiny")
+    fresh = build_classifier(make_encoder("bert").model, 2)
+    assert _dense(fresh, setup, data, trainer, run, 1, "tiny")["loaded_from"] == setup.dense_cache
+    assert all(torch.equal(a, b) for a, b in zip(trained.state_dict().values(), fresh.state_dict().values(),
+                                                 strict=True))
+    for other in ({"epochs": 2}, {"backbone": "other"}, {"trainer": replace(trainer, learning_rate=1.0)}):
+        args = [build_classifier(make_encoder("bert").model, 2), setup, data,
+                other.get("trainer", trainer), run, other.get("epochs", 1), other.get("backbone", "tiny")]
+        with pytest.raises(ConfigError, match="dense-cache"):
+            _dense(*args)
