@@ -96,17 +96,18 @@ def supervised_task(real: Any, held_out: float, seed: int) -> Any:
     see it at all): it trains on the rest of the training rows and is scored on the real splits.
     """
     from plmkit.tasks import task_from_frames
+    from plmkit.tasks.splits import carve
 
     frame = real.train.to_pandas()
-    frame[real.label_field] = [real.label_names[i] for i in frame[real.label_field]]
-    train = frame.sample(frac=1.0, random_state=seed).reset_index(drop=True)
-    cut = max(1, round(held_out * len(train)))
-    if len(train) - cut < 1:
-        raise ConfigError(f"the real training split of {real.name} has {len(train)} rows: too few to hold out "
+    cut = max(1, round(held_out * len(frame)))
+    if len(frame) - cut < 1:
+        raise ConfigError(f"the real training split of {real.name} has {len(frame)} rows: too few to hold out "
                           f"{held_out:.0%} for selecting the supervised baseline; pass --no-supervised")
-    return task_from_frames(f"{real.name}-supervised", train.iloc[cut:], train.iloc[:cut], train.iloc[:cut],
-                            text_fields=list(real.text_fields), label_field=real.label_field,
-                            label_names=list(real.label_names), seed=seed)
+    strata = frame[real.label_field].to_numpy() if not real.is_regression else None
+    frame[real.label_field] = [real.label_names[i] for i in frame[real.label_field]]
+    train, held = carve(frame, strata, seed, [cut], real.name)  # seeded, stratified by class
+    return task_from_frames(f"{real.name}-supervised", train, held, held, text_fields=list(real.text_fields),
+                            label_field=real.label_field, label_names=list(real.label_names), seed=seed)
 
 
 def _texts(task: Any) -> list[str]:
