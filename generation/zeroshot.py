@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from plmkit.embeddings import length_batches
 from plmkit.errors import ConfigError
 from plmkit.generation.spec import TaskSpec
 
@@ -29,11 +30,9 @@ def sequence_losses(backbone: Any, texts: Sequence[str], batch_size: int = 16) -
     model.eval()
     device = next(model.parameters()).device
     texts = list(texts)
-    order = np.argsort([len(ids) for ids in tokenizer(texts)["input_ids"]], kind="stable")  # batches of like lengths
     out = np.empty(len(texts))
     try:
-        for start in range(0, len(texts), batch_size):
-            rows = order[start:start + batch_size]
+        for rows in length_batches([len(ids) for ids in tokenizer(texts)["input_ids"]], batch_size):
             batch = tokenizer([texts[i] for i in rows], return_tensors="pt", padding=True)
             ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
             logits = model(input_ids=ids, attention_mask=mask).logits.float()  # (batch, seq, vocab)

@@ -90,6 +90,14 @@ def _module_modes(model: nn.Module) -> list[tuple[nn.Module, bool]]:
     return [(module, module.training) for module in model.modules()]
 
 
+def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices in batches of ``batch_size``, longest first, so each batch pads little.
+
+    Callers scatter each batch's outputs back with ``out[batch] = ...``, which keeps input order."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+
 def encode(model: nn.Module, tokenizer: Any, sentences: Sequence[str], pooling: str = "mean",
            batch_size: int = 64, max_length: int = 128, normalize: bool = False) -> torch.Tensor:
     """Embed ``sentences`` as a float32 CPU tensor of shape (len(sentences), hidden), in input order.
@@ -101,7 +109,6 @@ def encode(model: nn.Module, tokenizer: Any, sentences: Sequence[str], pooling: 
         return torch.empty(0, _hidden_size(model))
     features = tokenizer(sentences, truncation=True, max_length=max_length)
     rows = [{k: features[k][i] for k in features} for i in range(len(sentences))]
-    order = sorted(range(len(rows)), key=lambda i: -len(rows[i]["input_ids"]))
     device = next(model.parameters()).device
     out = torch.empty(len(sentences), _hidden_size(model))
     left_padded = getattr(tokenizer, "padding_side", "right") == "left"
@@ -109,8 +116,7 @@ def encode(model: nn.Module, tokenizer: Any, sentences: Sequence[str], pooling: 
     model.eval()
     try:
         with torch.no_grad():
-            for start in range(0, len(order), batch_size):
-                chosen = order[start:start + batch_size]
+            for chosen in length_batches([len(row["input_ids"]) for row in rows], batch_size):
                 batch = tokenizer.pad([rows[i] for i in chosen], return_tensors="pt")
                 batch = {k: v.to(device) for k, v in batch.items()}
                 hidden = _last_hidden(model, batch, left_padded).float()  # (batch, seq, hidden)

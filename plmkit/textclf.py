@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from plmkit.embeddings import length_batches
 from plmkit.errors import ConfigError
 from plmkit.evaluation import TaskEvaluator
 from plmkit.losses import classification_loss, loss_from_logits, total_and_terms
@@ -70,16 +71,15 @@ def predict(model: nn.Module, features: list[dict[str, Any]], collator: PadColla
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    order = sorted(range(len(features)), key=lambda i: -len(features[i]["input_ids"]))
-    outputs, labels = [], []
-    for start in range(0, len(order), batch_size):
-        batch = move_to_device(collator([features[i] for i in order[start:start + batch_size]]), device)
-        outputs.append(model(**batch).float().cpu())
-        labels.append(batch["labels"].cpu())
+    logits = gold = None
+    for chosen in length_batches([len(f["input_ids"]) for f in features], batch_size):
+        batch = move_to_device(collator([features[i] for i in chosen]), device)
+        out, labels = model(**batch).float().cpu().numpy(), batch["labels"].cpu().numpy()
+        if logits is None:  # the output width is known after the first batch
+            logits = np.empty((len(features), *out.shape[1:]), dtype=out.dtype)
+            gold = np.empty((len(features), *labels.shape[1:]), dtype=labels.dtype)
+        logits[chosen], gold[chosen] = out, labels
     model.train(was_training)
-    inverse = np.argsort(np.asarray(order, dtype=np.int64), kind="stable")  # sorted position of each input
-    logits = torch.cat(outputs).numpy()[inverse]
-    gold = torch.cat(labels).numpy()[inverse]
     return (logits[:, 0] if logits.shape[1] == 1 else logits), gold
 
 
