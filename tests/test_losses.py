@@ -10,6 +10,8 @@ from plmkit.errors import ConfigError
 from plmkit.losses import (
     DistillationLoss,
     LossContractError,
+    MultiTeacherDistillationLoss,
+    Teacher,
     classification_loss,
     loss_from_logits,
     total_and_terms,
@@ -96,6 +98,60 @@ def test_beta_zero_equals_the_task_loss_and_the_teacher_gets_no_gradient():
 def test_identical_teacher_gives_zero_soft_term():
     model = _Toy()
     assert float(DistillationLoss(_Toy(), beta=1.0)(model, _batch())["soft"]) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_two_teachers_add_their_weighted_soft_terms_by_hand():
+    student, batch = _Toy(seed=0), _batch()
+    teachers = [Teacher("a", _Toy(seed=1), 0.25), Teacher("b", _Toy(seed=2), 1.5)]
+    t = 2.0
+    terms = MultiTeacherDistillationLoss(teachers, temperature=t, task_weight=0.5)(student, batch)
+    with torch.no_grad():
+        s = student(**batch)
+        kls = []
+        for teacher in teachers:
+            log_p_s, log_p_t = torch.log_softmax(s / t, -1), torch.log_softmax(teacher.model(**batch) / t, -1)
+            kls.append((log_p_t.exp() * (log_p_t - log_p_s)).sum(-1).mean() * t**2)
+    ce = _by_hand_ce(s, batch["labels"])
+    assert set(terms) == {"loss", "task", "soft_a", "soft_b"}
+    assert float(terms["soft_a"]) == pytest.approx(float(kls[0]), rel=1e-5)
+    assert float(terms["soft_b"]) == pytest.approx(float(kls[1]), rel=1e-5)
+    assert float(terms["loss"]) == pytest.approx(float(0.5 * ce + 0.25 * kls[0] + 1.5 * kls[1]), rel=1e-5)
+    assert abs(float(kls[0] - kls[1])) > 1e-3  # the teachers really differ
+
+
+def test_two_teachers_mse_on_a_regression_head_and_no_teacher_gradient():
+    student, batch = _Toy(outputs=1, seed=0), _batch(classes=1)
+    teachers = [Teacher("a", _Toy(outputs=1, seed=1), 0.3), Teacher("b", _Toy(outputs=1, seed=2), 0.7)]
+    terms = MultiTeacherDistillationLoss(teachers)(student, batch)  # one output: MSE whatever ``soft`` says
+    with torch.no_grad():
+        s = student(**batch)
+        mse = [((s - teacher.model(**batch)) ** 2).mean() for teacher in teachers]
+        task = ((s[:, 0] - batch["labels"]) ** 2).mean()
+    assert float(terms["loss"]) == pytest.approx(float(task + 0.3 * mse[0] + 0.7 * mse[1]), rel=1e-5)
+    terms["loss"].backward()
+    for teacher in teachers:
+        assert not teacher.model.training
+        assert all(p.grad is None and not p.requires_grad for p in teacher.model.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
+
+
+@pytest.mark.parametrize("soft", ["kl", "mse"])
+def test_one_teacher_is_the_single_teacher_loss_exactly(soft):
+    student, teacher, batch = _Toy(seed=0), _Toy(seed=1), _batch()
+    single = DistillationLoss(teacher, beta=0.7, temperature=3.0, soft=soft, task_weight=0.9)(student, batch)
+    multi = MultiTeacherDistillationLoss([Teacher("t", teacher, 0.7)], temperature=3.0, soft=soft,
+                                         task_weight=0.9)(student, batch)
+    assert torch.equal(multi["loss"], single["loss"])
+    assert torch.equal(multi["soft_t"], single["soft"]) and torch.equal(multi["task"], single["task"])
+
+
+@pytest.mark.parametrize("teachers, match", [
+    ([], "at least one"), ([("a", 1.0), ("a", 2.0)], "names must differ"), ([("a", -1.0)], "teacher 'a'"),
+    ([("a", float("inf"))], "teacher 'a'"),
+])
+def test_bad_teacher_lists_are_refused(teachers, match):
+    with pytest.raises(ConfigError, match=match):
+        MultiTeacherDistillationLoss([Teacher(name, _Toy(), weight) for name, weight in teachers])
 
 
 @pytest.mark.parametrize("settings, match", [

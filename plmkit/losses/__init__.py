@@ -19,14 +19,20 @@ from typing import Any
 import torch
 
 from plmkit.errors import PlmkitError
-from plmkit.losses.distillation import DistillationLoss, hidden_state_loss, soft_target_loss
+from plmkit.losses.distillation import (
+    DistillationLoss,
+    MultiTeacherDistillationLoss,
+    Teacher,
+    hidden_state_loss,
+    soft_target_loss,
+)
 from plmkit.losses.task import classification_loss, loss_from_logits
 
 LossOutput = "torch.Tensor | dict[str, torch.Tensor]"
 Loss = Callable[[torch.nn.Module, Any], Any]
 
-__all__ = ["DistillationLoss", "Loss", "LossContractError", "classification_loss", "hidden_state_loss",
-           "loss_from_logits", "soft_target_loss", "total_and_terms"]
+__all__ = ["DistillationLoss", "Loss", "LossContractError", "MultiTeacherDistillationLoss", "Teacher",
+           "classification_loss", "hidden_state_loss", "loss_from_logits", "soft_target_loss", "total_and_terms"]
 
 
 class LossContractError(PlmkitError, TypeError):

@@ -22,6 +22,14 @@ which is scale-free across layers. It needs an encoder + head classifier (``enco
 
 The teacher is put in eval mode, frozen, and run under ``torch.no_grad``: it never receives a gradient.
 The loss returns named terms (``loss``, ``task``, ``soft`` and, when used, ``hidden``).
+
+Several teachers (``MultiTeacherDistillationLoss``, teachers i = 1..k with weights beta_i):
+
+    loss = w_task * L_task(student, labels) + sum_i beta_i * L_soft(student, teacher_i)
+
+each soft term logged by its teacher's name (``soft_<name>``). The weights are used as given: a caller
+that wants k teachers to weigh as much as one divides them by k itself. With one teacher it is
+``DistillationLoss`` without the hidden term, to the bit.
 """
 
 from __future__ import annotations
@@ -58,13 +66,8 @@ class DistillationLoss:
 
     def __post_init__(self) -> None:
         for name in ("beta", "hidden_weight", "task_weight"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and 0.0 <= value < float("inf")):
-                raise ConfigError(f"distillation {name} must be a finite number >= 0, got {value}")
-        if not (isinstance(self.temperature, (int, float)) and 0.0 < self.temperature < float("inf")):
-            raise ConfigError(f"distillation temperature must be > 0, got {self.temperature}")
-        if self.soft not in SOFT_KINDS:
-            raise ConfigError(f"distillation soft term must be one of {SOFT_KINDS}, got {self.soft!r}")
+            _check_weight(name, getattr(self, name))
+        _check_soft(self.temperature, self.soft)
         if self.hidden_weight and not hasattr(self.teacher, "encoder_inputs"):
             raise ConfigError("hidden-state distillation needs an encoder + head classifier "
                               "(plmkit.models.build_classifier) as the teacher")
@@ -87,6 +90,67 @@ class DistillationLoss:
         if "hidden" in terms:
             total = total + self.hidden_weight * terms["hidden"]
         return {"loss": total, **terms}
+
+
+@dataclass(eq=False)
+class Teacher:
+    """One teacher of a ``MultiTeacherDistillationLoss``: its name in the logs, the model, its weight."""
+
+    name: str
+    model: nn.Module
+    weight: float = 1.0
+    """beta_i, the weight of this teacher's soft term (finite, >= 0)."""
+
+
+@dataclass(eq=False)
+class MultiTeacherDistillationLoss:
+    """``loss(model, batch) -> {"loss", "task", "soft_<name>" per teacher}`` against several frozen teachers."""
+
+    teachers: Sequence[Teacher]
+    """The models to imitate, each frozen and put in eval mode on construction; names must differ."""
+    temperature: float = 2.0
+    """Softmax temperature T of the KL soft terms (> 0); each term is scaled by T^2."""
+    soft: str = "kl"
+    """``kl`` (temperature-softened KL divergence) or ``mse`` (squared error between logits)."""
+    task_weight: float = 1.0
+    """Weight of the task loss on the labels (non-negative)."""
+
+    def __post_init__(self) -> None:
+        self.teachers = list(self.teachers)
+        if not self.teachers:
+            raise ConfigError("multi-teacher distillation needs at least one Teacher(name, model, weight)")
+        names = [t.name for t in self.teachers]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"teacher names must differ (they name the logged soft terms), got {names}")
+        for teacher in self.teachers:
+            _check_weight(f"weight of teacher {teacher.name!r}", teacher.weight)
+        _check_weight("task_weight", self.task_weight)
+        _check_soft(self.temperature, self.soft)
+        for teacher in self.teachers:
+            teacher.model.eval().requires_grad_(False)
+
+    def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        logits = model(**batch)
+        terms = {"task": loss_from_logits(logits, batch["labels"])}
+        total = self.task_weight * terms["task"]
+        for teacher in self.teachers:
+            with torch.no_grad():
+                target = teacher.model(**batch)
+            terms[f"soft_{teacher.name}"] = soft = soft_target_loss(logits, target, self.temperature, self.soft)
+            total = total + teacher.weight * soft
+        return {"loss": total, **terms}
+
+
+def _check_weight(name: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and 0.0 <= value < float("inf")):
+        raise ConfigError(f"distillation {name} must be a finite number >= 0, got {value}")
+
+
+def _check_soft(temperature: float, soft: str) -> None:
+    if not (isinstance(temperature, (int, float)) and 0.0 < temperature < float("inf")):
+        raise ConfigError(f"distillation temperature must be > 0, got {temperature}")
+    if soft not in SOFT_KINDS:
+        raise ConfigError(f"distillation soft term must be one of {SOFT_KINDS}, got {soft!r}")
 
 
 def soft_target_loss(logits: torch.Tensor, target: torch.Tensor, temperature: float = 2.0,
