@@ -10,12 +10,13 @@ the seed, so every split keeps the label balance.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from plmkit.generation.filters import filter_samples
+from plmkit.generation.filters import drop_disagreeing, filter_samples
 from plmkit.generation.spec import TaskSpec
 from plmkit.generation.zerogen import iter_raw
 
@@ -43,10 +44,17 @@ def split_rows(rows: list[dict[str, Any]], labels: list[str], held_out: float, s
 
 
 def write_synthetic(folder: str | Path, spec: TaskSpec, held_out: float = 0.1, seed: int = 0,
-                    save_datasets: bool = True) -> dict[str, Any]:
-    """Filter every finished sample in ``folder`` and write ``folder/synthetic``; returns counts and sizes."""
+                    save_datasets: bool = True,
+                    agree: Callable[[list[dict[str, Any]]], Sequence[bool]] | None = None) -> dict[str, Any]:
+    """Filter every finished sample in ``folder`` and write ``folder/synthetic``; returns counts and sizes.
+
+    ``agree`` (optional): the model-based last filter, one flag per sample that passed the text
+    rules (false: dropped as ``label_mismatch``).
+    """
     folder = Path(folder)
     kept, counts = filter_samples(iter_raw(folder), spec.filters)
+    if agree is not None:
+        kept, counts = drop_disagreeing(kept, counts, agree(kept))
     per_label = {label: sum(row["label"] == label for row in kept) for label in spec.labels}
     splits = split_rows(kept, spec.labels, held_out, seed)
     out = folder / "synthetic"

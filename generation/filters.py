@@ -15,13 +15,20 @@ Per sample, in order:
    spaces) was already kept - differences in case, punctuation or spacing only.
 
 Duplicates are judged across labels: the first occurrence is kept.
+
+Optionally, after these text rules, one model-based rule (:func:`drop_disagreeing`):
+
+7. ``label_mismatch``: a classifier (``plmkit generate --consistency``: the generator's own zero-shot
+   prompting, ``generation.zeroshot.label_agreement``) does not pick the label the sample was
+   generated for. A 135 M generator often writes text that does not follow its label; these samples
+   are label noise for the task model.
 """
 
 from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,6 +108,15 @@ def filter_samples(samples: Iterable[dict[str, Any]], config: FilterConfig) -> t
         kept.append({**sample, "text": text})
     counts["kept"] = len(kept)
     return kept, dict(counts)
+
+
+def drop_disagreeing(kept: list[dict[str, Any]], counts: dict[str, int], agree: Sequence[bool]
+                     ) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Rule 7: keep the samples whose ``agree`` flag is true; the rest count as ``label_mismatch``."""
+    if len(agree) != len(kept):
+        raise ValueError(f"one agreement flag per kept sample is needed: {len(agree)} flags, {len(kept)} samples")
+    confirmed = [sample for sample, ok in zip(kept, agree, strict=True) if ok]
+    return confirmed, {**counts, "label_mismatch": len(kept) - len(confirmed), "kept": len(confirmed)}
 
 
 def _judge(sample: dict[str, Any], config: FilterConfig, seen_exact: set[str], seen_near: set[str]) -> tuple[str | None, str]:

@@ -2,7 +2,9 @@
 
 Steps, all into one run folder: check that the real evaluation task (if any) uses the spec's label
 names; generate (``generation/raw.rank*.jsonl``, resumable) unless ``--synthetic`` names a data set
-made earlier; filter and write ``generation/synthetic/`` (JSONL + ``dataset/``); train the task
+made earlier; filter (with ``--consistency``, also
+dropping samples the generator's zero-shot prompting labels otherwise) and write
+``generation/synthetic/`` (JSONL + ``dataset/``); train the task
 model on it, selecting on the synthetic validation split; score it on the real task; and, in the
 same run, the two baselines: zero-shot prompting of the generator, and the same task model trained
 on the real training split (the supervised ceiling; selected on rows held out of that split, never
@@ -24,7 +26,7 @@ from plmkit.generation.losses import NOISE_ROBUST_LOSSES, NoiseRobustLoss
 from plmkit.generation.spec import TaskSpec, load_spec
 from plmkit.generation.task_models import TaskModelConfig, build_task_model
 from plmkit.generation.zerogen import GenerationConfig, synthesise
-from plmkit.generation.zeroshot import zero_shot_accuracy
+from plmkit.generation.zeroshot import label_agreement, zero_shot_accuracy
 from plmkit.jobs import DataArgs
 from plmkit.runs import RunFolder, environment
 from plmkit.tasks import load_task
@@ -61,6 +63,9 @@ class GenerateSetup(DataArgs):
     """Also score zero-shot prompting of the generator on the real data."""
     supervised: bool = True
     """Also train the task model on the real training split (the supervised ceiling)."""
+    consistency: bool = False
+    """Drop synthetic samples whose label the generator's own zero-shot prompting (the spec's
+    zero_shot template) does not pick; counted as 'label_mismatch'."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -72,6 +77,9 @@ class GenerateSetup(DataArgs):
             raise ConfigError(f"--held-out must be in (0, 0.5), got {self.held_out}")
         if self.generation_batch_size < 1 or self.generation_seed < 0:
             raise ConfigError("--generation-batch-size must be >= 1 and --generation-seed >= 0")
+        if self.consistency and self.synthetic:
+            raise ConfigError("--consistency filters samples when the synthetic set is written; --synthetic names "
+                              "a set written earlier: drop one of the two (or regenerate into a new run)")
 
 
 def load_eval_task(setup: GenerateSetup, spec: TaskSpec) -> Any:
@@ -135,6 +143,9 @@ def run_generate(setup: GenerateSetup, generation: GenerationConfig, model_confi
     spec = load_spec(setup.spec)
     run.write_config({"setup": asdict(setup), "generation": asdict(generation), "task_model": asdict(model_config),
                       "spec": spec.to_dict(), "trainer": asdict(trainer), "environment": environment()})
+    if setup.consistency and spec.zero_shot is None:
+        raise ConfigError(f"--consistency needs the spec's 'zero_shot' template (spec {spec.name!r} has none); "
+                          "add one with {label} and {text}, or drop --consistency")
     real = load_eval_task(setup, spec) if setup.eval else None
     metrics: dict[str, Any] = {"spec": spec.name, "labels": spec.labels, "generator": setup.generator,
                                "eval": setup.eval, "eval_split": setup.eval_split}
@@ -149,7 +160,8 @@ def run_generate(setup: GenerateSetup, generation: GenerationConfig, model_confi
         metrics["generation"] = synthesise(backbone, spec, generation, folder, setup.generation_batch_size,
                                            progress=trainer.progress)
         if distributed.is_main_process():
-            metrics["synthetic"] = write_synthetic(folder, spec, setup.held_out, setup.generation_seed)
+            agree = (lambda kept: label_agreement(backbone, spec, kept)) if setup.consistency else None
+            metrics["synthetic"] = write_synthetic(folder, spec, setup.held_out, setup.generation_seed, agree=agree)
         distributed.barrier()
         synthetic_path = folder / "synthetic"
     synthetic = load_task(str(synthetic_path), label_names=spec.labels, seed=setup.data_seed)  # all of it

@@ -60,6 +60,18 @@ def zero_shot_predict(backbone: Any, spec: TaskSpec, texts: Sequence[str],
     return losses.argmin(-1)
 
 
+def label_agreement(backbone: Any, spec: TaskSpec, samples: Sequence[dict[str, Any]],
+                    batch_size: int = 16) -> np.ndarray:
+    """(len(samples),) bool: the zero-shot prediction for each kept sample's ``text`` (with its
+    ``condition`` for pair tasks) is the label it was generated for (``--consistency``)."""
+    if not samples:
+        return np.zeros(0, dtype=bool)
+    texts = [sample["text"] for sample in samples]
+    conditions = [sample.get("condition") or "" for sample in samples] if spec.pair else None
+    predicted = zero_shot_predict(backbone, spec, texts, conditions, batch_size)  # (samples,) label ids
+    return np.array([spec.labels[p] == sample["label"] for p, sample in zip(predicted, samples, strict=True)])
+
+
 def zero_shot_accuracy(backbone: Any, spec: TaskSpec, task: Any, split: str = "validation",
                        batch_size: int = 16) -> dict[str, float]:
     """Accuracy of :func:`zero_shot_predict` on a split of a task whose labels are the spec's."""

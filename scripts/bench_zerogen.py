@@ -74,12 +74,15 @@ def naive_pipeline(backbone, spec, prompts: list[tuple[str, str, str]], config) 
             "filter_counts": counts}
 
 
-def synthetic_task(rows, spec, size: int, seed: int):
+def synthetic_task(rows, spec, size: int, seed: int, agree=None):
     from plmkit.generation import filter_samples
     from plmkit.generation.dataset import split_rows
+    from plmkit.generation.filters import drop_disagreeing
     from plmkit.tasks import task_from_frames
 
     kept, counts = filter_samples(rows[:size], spec.filters)
+    if agree is not None:  # --consistency: the generator's zero-shot prompting must pick the sample's label
+        kept, counts = drop_disagreeing(kept, counts, agree(kept))
     splits = split_rows(kept, spec.labels, 0.1, seed)
     frames = {s: pd.DataFrame({"text": [r["text"] for r in rs], "label": [r["label"] for r in rs]})
               for s, rs in splits.items()}
@@ -120,6 +123,9 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--losses", default="ce", help="comma-separated losses for the synthetic runs (ce, sce, ...; "
                         "'none': no synthetic run)")
+    parser.add_argument("--consistency", action="store_true",
+                        help="also drop samples whose label the generator's zero-shot prompting does not pick "
+                             "(plmkit generate --consistency); results keys get '_consistent'")
     parser.add_argument("--throughput-only", action="store_true", help="skip the accuracy part")
     parser.add_argument("--baselines", default="zero-shot,supervised", help="which baselines to run ('none': neither)")
     parser.add_argument("--output", default="scripts/results/bench_zerogen.json")
@@ -130,7 +136,7 @@ def main() -> None:
     from plmkit.generation import GenerationConfig, TaskModelConfig, iter_raw, load_spec, synthesise
     from plmkit.generation.jobs import train_task_model
     from plmkit.generation.zerogen import _units, load_or_make_conditions
-    from plmkit.generation.zeroshot import zero_shot_accuracy
+    from plmkit.generation.zeroshot import label_agreement, zero_shot_accuracy
     from plmkit.tasks import load_task
     from plmkit.textclf import TaskData
     from plmkit.trainer import TrainerConfig
@@ -207,27 +213,31 @@ def main() -> None:
             entry["supervised"] = sup["validation"]["accuracy"]
         _save(result, args.output)
         print(name, json.dumps(entry), flush=True)
+    tag = "_consistent" if args.consistency else ""
+    agree = (lambda kept: label_agreement(backbone, spec, kept)) if args.consistency else None
     for size in sizes:
-        synth, counts = synthetic_task(rows, spec, size, 0)
-        result[f"synthetic_{size}_filter_counts"] = counts
+        synth, counts = synthetic_task(rows, spec, size, 0, agree)
+        result[f"synthetic_{size}{tag}_filter_counts"] = counts
         for loss in losses:
             model, tokenizer, scores = train_task_model(synth, model_config, trainer, loss, 64,
                                                         work / f"syn-{size}-{loss}")
             for name, task in real.items():  # one model per (size, loss), scored on every real task
                 accuracy = TaskData(task, tokenizer, 64).evaluate(model, "validation")["accuracy"]
-                result["accuracy"][name][f"synthetic_{size}_{loss}"] = accuracy
-                result["accuracy"][name][f"synthetic_{size}_{loss}_synthetic_validation"] = \
+                result["accuracy"][name][f"synthetic_{size}{tag}_{loss}"] = accuracy
+                result["accuracy"][name][f"synthetic_{size}{tag}_{loss}_synthetic_validation"] = \
                     scores["synthetic_validation"]["accuracy"]
             _save(result, args.output)
-            print(size, loss, json.dumps({name: entry[f"synthetic_{size}_{loss}"]
+            print(size, loss, json.dumps({name: entry[f"synthetic_{size}{tag}_{loss}"]
                                           for name, entry in result["accuracy"].items()}), flush=True)
-    _print_table(result, sizes, losses)
+    _print_table(result, sizes, losses, tag)
 
 
-def _print_table(result: dict, sizes: list[int], losses: list[str]) -> None:
+def _print_table(result: dict, sizes: list[int], losses: list[str], tag: str = "") -> None:
     model = {"lstm": "BiLSTM"}.get(result["settings"]["task_model"], result["settings"]["task_model"])
     rows = [("zero-shot prompting of the generator", "zero_shot"), (f"{model}, real training split", "supervised")]
-    rows += [(f"{model}, {size} synthetic ({loss})", f"synthetic_{size}_{loss}") for size in sizes for loss in losses]
+    kept = " label-consistent" if tag else ""
+    rows += [(f"{model}, {size} synthetic{kept} ({loss})", f"synthetic_{size}{tag}_{loss}")
+             for size in sizes for loss in losses]
     names = list(result["accuracy"])
     print("| method | " + " | ".join(names) + " |")
     print("|---|" + "---|" * len(names))

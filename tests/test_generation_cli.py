@@ -36,13 +36,26 @@ def _args(root, out, *extra):
             "--hidden-size", "8", "--embedding-dim", "8", "--no-progress", "--output-dir", str(out), *extra]
 
 
-def test_generate_end_to_end_with_both_baselines(setup_files, capsys):
+def test_generate_end_to_end_with_both_baselines(setup_files, capsys, monkeypatch):
+    import numpy as np
+
+    from plmkit.generation import jobs
+
     root = setup_files
-    assert main(_args(root, root / "run", "--eval", str(root / "real"), "--loss", "sce")) == 0
+    checked = []  # --consistency asks the zero-shot check about every sample that passed the text rules
+
+    def first_disagrees(backbone, spec, kept):
+        checked.extend(kept)
+        return np.arange(len(kept)) > 0
+
+    monkeypatch.setattr(jobs, "label_agreement", first_disagrees)
+    assert main(_args(root, root / "run", "--eval", str(root / "real"), "--loss", "sce", "--consistency")) == 0
     metrics = json.loads((root / "run" / "metrics.json").read_text())
     assert metrics["generation"]["samples_made"] == 16
     counts = metrics["synthetic"]["filter_counts"]
     assert counts["generated"] == 16 and counts["kept"] == sum(metrics["synthetic"]["kept_per_label"].values())
+    dropped = sum(v for k, v in counts.items() if k not in ("generated", "kept"))
+    assert counts["label_mismatch"] == 1 and len(checked) == counts["kept"] + 1 and counts["kept"] + dropped == 16
     for key in ("validation", "test", "synthetic_test"):
         assert 0.0 <= metrics["synthetic_model"][key]["accuracy"] <= 1.0
     assert metrics["zero_shot"]["examples"] == 8
@@ -52,7 +65,7 @@ def test_generate_end_to_end_with_both_baselines(setup_files, capsys):
     out = capsys.readouterr().out
     assert "zero-shot prompting of the generator" in out and "supervised" in out and "near_duplicate" in out
     # resuming the finished run makes nothing new and keeps the same data set
-    assert main(_args(root, root / "run", "--eval", str(root / "real"), "--loss", "sce", "--resume",
+    assert main(_args(root, root / "run", "--eval", str(root / "real"), "--loss", "sce", "--consistency", "--resume",
                       "--no-zero-shot", "--no-supervised")) == 2  # other settings: refused, not mixed
     assert "Differences" in capsys.readouterr().err
 
@@ -90,3 +103,11 @@ def test_the_supervised_baseline_selects_on_rows_held_out_of_the_real_training_s
     assert all(task.label_names[label] == by_text[text] for text, label in zip(task.train["text"],
                                                                               task.train["label"], strict=True))
     assert list(supervised_task(real, 0.25, seed=3).validation["text"]) == held  # seeded
+
+
+def test_consistency_is_refused_for_a_set_written_earlier():
+    from plmkit.errors import ConfigError
+    from plmkit.generation.jobs import GenerateSetup
+
+    with pytest.raises(ConfigError, match="--consistency filters samples when the synthetic set is written"):
+        GenerateSetup(synthetic="runs/old/generation/synthetic", consistency=True)

@@ -11,9 +11,9 @@ from plmkit import distributed
 from plmkit.errors import ConfigError
 from plmkit.generation import GenerationConfig, ResumeMismatchError, iter_raw, load_spec, synthesise, zerogen
 from plmkit.generation.dataset import write_synthetic
-from plmkit.generation.filters import stop_strings
+from plmkit.generation.filters import drop_disagreeing, filter_samples, stop_strings
 from plmkit.generation.task_models import BiLSTMClassifier, TaskModelConfig, build_task_model
-from plmkit.generation.zeroshot import sequence_losses, zero_shot_predict
+from plmkit.generation.zeroshot import label_agreement, sequence_losses, zero_shot_predict
 from plmkit.textgen import generate, stop_index
 
 SPEC = {"name": "tiny", "labels": ["negative", "positive"],
@@ -202,3 +202,25 @@ def test_bad_stop_strings_are_config_errors(make_decoder, stop):
 def test_synthesis_stops_samples_at_the_filters_cut_strings(whole):
     assert stop_strings() == ['"', "\n"] and stop_strings(cut_at_quote=False) == ["\n"]
     assert all(stop_index(row["raw"], stop_strings()) in (None, len(row["raw"])) for row in whole)
+
+
+def test_consistency_keeps_exactly_the_samples_zero_shot_prompting_labels_as_generated(make_decoder, tmp_path):
+    backbone, spec = make_decoder("llama"), load_spec(SPEC)
+    synthesise(backbone, spec, CONFIG, tmp_path, batch_size=8, progress=False)
+    passed, _ = filter_samples(iter_raw(tmp_path), spec.filters)  # the text rules alone
+    predicted = zero_shot_predict(backbone, spec, [r["text"] for r in passed])
+    agrees = [spec.labels[p] == r["label"] for r, p in zip(passed, predicted, strict=True)]
+    assert 0 < sum(agrees) < len(passed)  # the tiny random generator gets some labels "wrong": a real test
+    assert label_agreement(backbone, spec, passed).tolist() == agrees
+    info = write_synthetic(tmp_path, spec, held_out=0.25, seed=0,
+                           agree=lambda kept: label_agreement(backbone, spec, kept))
+    counts = info["filter_counts"]
+    assert counts["label_mismatch"] == agrees.count(False) and counts["kept"] == agrees.count(True)
+    written = [json.loads(line)["text"] for split in ("train", "validation", "test")
+               for line in (tmp_path / "synthetic" / f"{split}.jsonl").read_text().splitlines()]
+    assert sorted(written) == sorted(r["text"] for r, ok in zip(passed, agrees, strict=True) if ok)
+
+
+def test_drop_disagreeing_needs_one_flag_per_sample():
+    with pytest.raises(ValueError, match="one agreement flag per kept sample"):
+        drop_disagreeing([{"text": "a"}], {"kept": 1}, [True, False])
