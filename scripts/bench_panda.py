@@ -2,12 +2,16 @@
 
 Every pair goes through ``plmkit.mtl.pipeline.run_transfer`` (the ``plmkit transfer`` job): stage-1
 prompts come from (or go into) one store, so each task's prompt is trained once. For every target:
-``prompt`` (no transfer) once, then for every source ``prompt-transfer`` and ``panda`` (the panda
-teacher is the same seed's prompt-transfer model). Seeds give mean ± std. The metric check is the
-Spearman correlation, per target, between T(s, t) and the vanilla transfer gain over no transfer
-(mean over seeds), for the activation metric and for the prompt-weight cosine.
+``prompt`` (no transfer) once, then for every other task of the pool ``prompt-transfer``, and for the
+first ``--panda-sources`` of them also ``panda`` (its teacher is the same seed's prompt-transfer
+model). Seeds give mean ± std. The metric check is the Spearman correlation, per target, between
+T(s, t) and the vanilla transfer gain over no transfer (mean over seeds) over every source of the
+pool, for the activation metric and for the prompt-weight cosine.
 
     .venv/bin/python scripts/bench_panda.py            # CPU subsample (see the flags' defaults)
+
+Targets can be split over processes that share one store (``--store``; the store's per-entry lock
+makes each prompt train once), then merged: ``--report a.json b.json --out all.json``.
 """
 
 from __future__ import annotations
@@ -27,19 +31,27 @@ from plmkit.mtl.transferability import prompt_weight_similarity
 from plmkit.runs import RunFolder
 from plmkit.trainer import TrainerConfig
 
-GLUE = "/work/shared/data/glue"
+GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"  # benchmark data, never the product's
 TASKS = {"rotten-tomatoes": "rotten-tomatoes", "sst2": f"{GLUE}/sst2", "rt-subjectivity": "rt-subjectivity",
-         "tweet-sentiment": "tweet-sentiment", "bbc-topic": "bbc-topic"}
+         "tweet-sentiment": "tweet-sentiment", "bbc-topic": "bbc-topic", "cola": f"{GLUE}/cola",
+         "qnli": f"{GLUE}/qnli", "qqp": f"{GLUE}/qqp", "mnli": f"{GLUE}/mnli", "stsb": f"{GLUE}/stsb"}
 
 
 def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", default="minilm-l6")
-    parser.add_argument("--targets", default="rotten-tomatoes,sst2,rt-subjectivity")
+    parser.add_argument("--targets", default="rotten-tomatoes,sst2,rt-subjectivity,stsb")
     parser.add_argument("--pool", default=",".join(TASKS), help="tasks; every other one is a source of a target")
+    parser.add_argument("--panda-sources", type=int, default=4,
+                        help="the first N sources of each target (pool order) also get PANDA; the rest only "
+                             "vanilla transfer (for the metric check)")
+    parser.add_argument("--student-init", default="fresh", choices=("fresh", "source"))
+    parser.add_argument("--store", default=None, help="stage-1 store (default: a fresh temporary one)")
+    parser.add_argument("--report", nargs="+", default=None, metavar="JSON",
+                        help="merge these results files into --out and print the tables; trains nothing")
     parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument("--train", type=int, default=200, help="target training rows")
-    parser.add_argument("--eval", type=int, default=200, help="target validation/test rows")
+    parser.add_argument("--eval", type=int, default=300, help="target validation/test rows")
     parser.add_argument("--source-train", type=int, default=400)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--source-epochs", type=int, default=3)
@@ -52,12 +64,14 @@ def parse() -> argparse.Namespace:
 
 def run_one(args, work: Path, target: str, sources: str, compare: str, label: str) -> dict:
     setup = TransferSetup(sources=sources, target=TASKS[target], method=compare.split(",")[0], compare=compare,
-                          seeds=args.seeds, backbone=args.backbone, store=str(work / "store"),
+                          seeds=args.seeds, backbone=args.backbone, store=args.store or str(work / "store"),
                           learning_rate=args.learning_rate, max_length=args.max_length, max_train_samples=args.train,
                           max_eval_samples=args.eval, source_max_train_samples=args.source_train,
                           source_max_eval_samples=args.eval, source_epochs=args.source_epochs,
                           source_learning_rate=args.learning_rate, baseline=False,
-                          include_target_adapter=True, method_options={"prompt_length": args.prompt_length})
+                          include_target_adapter=True,
+                          method_options={"prompt_length": args.prompt_length,
+                                          **({"panda_student_init": args.student_init} if "panda" in compare else {})})
     base = TrainerConfig(epochs=args.epochs, batch_size=16, progress=False, save_checkpoints=False)
     run = RunFolder.create("bench-panda", str(work / label), label=label)
     return run_transfer(setup, base, run)
@@ -70,6 +84,8 @@ def scores(metrics: dict, method: str) -> list[float]:
 def main() -> None:
     global _ARGS
     args = _ARGS = parse()
+    if args.report:
+        return _report(args)
     started = time.perf_counter()
     pool = [t for t in args.pool.split(",") if t]
     work = Path(tempfile.mkdtemp(prefix="bench-panda-"))
@@ -77,25 +93,38 @@ def main() -> None:
     for target in args.targets.split(","):
         plain = scores(run_one(args, work, target, "", "prompt", f"{target}-none"), "prompt")
         rows = []
-        for source in (s for s in pool if s != target):
-            m = run_one(args, work, target, TASKS[source], "prompt-transfer,panda", f"{target}-{source}")
-            runs = [r for r in m["runs"] if r["method"] == "panda"]
-            transfer, panda = scores(m, "prompt-transfer"), scores(m, "panda")
+        for i, source in enumerate(s for s in pool if s != target):
+            with_panda = i < args.panda_sources
+            compare = "prompt-transfer,panda" if with_panda else "prompt-transfer"
+            m = run_one(args, work, target, TASKS[source], compare, f"{target}-{source}")
+            first = next(r for r in m["runs"] if r["method"] == "prompt-transfer")
+            transfer = scores(m, "prompt-transfer")
             row = {"target": target, "source": source, "metric": m["metric"],
-                   "transferability": runs[0]["mean_transferability"], "beta": runs[0]["beta"],
-                   "none": plain, "prompt_transfer": transfer, "panda": panda,
-                   "gain_transfer": statistics.fmean(transfer) - statistics.fmean(plain),
-                   "gain_panda": statistics.fmean(panda) - statistics.fmean(plain)}
+                   "transferability": first["mean_transferability"], "none": plain, "prompt_transfer": transfer,
+                   "gain_transfer": statistics.fmean(transfer) - statistics.fmean(plain)}
+            if with_panda:
+                panda = scores(m, "panda")
+                row.update(beta=next(r for r in m["runs"] if r["method"] == "panda")["beta"], panda=panda,
+                           gain_panda=statistics.fmean(panda) - statistics.fmean(plain))
             row["weight_similarity"] = _weight_similarity(work, target, source)
             rows.append(row)
-            print(json.dumps({k: row[k] for k in ("target", "source", "transferability", "beta", "gain_transfer",
-                                                  "gain_panda")}), flush=True)
+            print(json.dumps({k: row.get(k) for k in ("target", "source", "transferability", "beta", "gain_transfer",
+                                                      "gain_panda")}), flush=True)
             _write(args, {"args": vars(args), "pairs": pairs + rows, "metric_validation": validation,
                           "partial": True, "wall_time_s": time.perf_counter() - started})
         validation.append(_spearman(target, rows))
         pairs.extend(rows)
     out = {"args": vars(args), "pairs": pairs, "metric_validation": validation,
            "wall_time_s": time.perf_counter() - started}
+    _write(args, out)
+    _print(out)
+
+
+def _report(args: argparse.Namespace) -> None:
+    parts = [json.loads(Path(f).read_text()) for f in args.report]
+    out = {"args": [p["args"] for p in parts], "pairs": [r for p in parts for r in p["pairs"]],
+           "metric_validation": [v for p in parts for v in p["metric_validation"]],
+           "partial": any(p.get("partial") for p in parts), "wall_time_s": sum(p["wall_time_s"] for p in parts)}
     _write(args, out)
     _print(out)
 
@@ -121,9 +150,11 @@ def _weight_similarity(work: Path, target: str, source: str) -> float:
 
 def _spearman(target: str, rows: list[dict]) -> dict:
     gains = [r["gain_transfer"] for r in rows]
-    activation = spearmanr([r["transferability"] for r in rows], gains).statistic
-    weights = spearmanr([r["weight_similarity"] for r in rows], gains).statistic
-    return {"target": target, "spearman_activation": float(activation), "spearman_weights": float(weights)}
+    activation = spearmanr([r["transferability"] for r in rows], gains)
+    weights = spearmanr([r["weight_similarity"] for r in rows], gains)
+    return {"target": target, "sources": len(rows), "spearman_activation": float(activation.statistic),
+            "p_activation": float(activation.pvalue), "spearman_weights": float(weights.statistic),
+            "p_weights": float(weights.pvalue)}
 
 
 def _fmt(values: list[float]) -> str:
@@ -133,15 +164,21 @@ def _fmt(values: list[float]) -> str:
 def _print(out: dict) -> None:
     print("\n| target | source | T | β | no transfer | prompt transfer | PANDA |\n|---|---|---|---|---|---|---|")
     for r in out["pairs"]:
-        print(f"| {r['target']} | {r['source']} | {r['transferability']:.3f} | {r['beta']:.2f} | {_fmt(r['none'])} "
-              f"| {_fmt(r['prompt_transfer'])} | {_fmt(r['panda'])} |")
-    pairs = out["pairs"]
-    print(f"\nmean gain over no transfer: prompt transfer {100 * statistics.fmean(r['gain_transfer'] for r in pairs):+.2f}, "
-          f"PANDA {100 * statistics.fmean(r['gain_panda'] for r in pairs):+.2f} points; PANDA >= no transfer on "
-          f"{sum(r['gain_panda'] >= 0 for r in pairs)}/{len(pairs)} pairs")
-    print("\n| target | Spearman(T, gain) activation | Spearman weight cosine |\n|---|---|---|")
+        beta = f"{r['beta']:.2f}" if "panda" in r else "–"
+        panda = _fmt(r["panda"]) if "panda" in r else "–"
+        print(f"| {r['target']} | {r['source']} | {r['transferability']:.3f} | {beta} | {_fmt(r['none'])} "
+              f"| {_fmt(r['prompt_transfer'])} | {panda} |")
+    pairs = [r for r in out["pairs"] if "panda" in r]
+    if pairs:
+        transfer = statistics.fmean(r["gain_transfer"] for r in pairs)
+        panda = statistics.fmean(r["gain_panda"] for r in pairs)
+        print(f"\nover the {len(pairs)} PANDA pairs, mean gain over no transfer: prompt transfer {100 * transfer:+.2f}, "
+              f"PANDA {100 * panda:+.2f} points (PANDA − prompt transfer {100 * (panda - transfer):+.2f}); "
+              f"PANDA >= no transfer on {sum(r['gain_panda'] >= 0 for r in pairs)}/{len(pairs)} pairs")
+    print("\n| target | sources | Spearman(T, gain) activation (p) | Spearman weight cosine (p) |\n|---|---|---|---|")
     for v in out["metric_validation"]:
-        print(f"| {v['target']} | {v['spearman_activation']:.2f} | {v['spearman_weights']:.2f} |")
+        print(f"| {v['target']} | {v.get('sources', '')} | {v['spearman_activation']:.2f} ({v.get('p_activation', float('nan')):.2f}) "
+              f"| {v['spearman_weights']:.2f} ({v.get('p_weights', float('nan')):.2f}) |")
     print(f"\nwall time {out['wall_time_s']:.0f} s")
 
 
