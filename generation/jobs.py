@@ -2,10 +2,9 @@
 
 Steps, all into one run folder: check that the real evaluation task (if any) uses the spec's label
 names; generate (``generation/raw.rank*.jsonl``, resumable) unless ``--synthetic`` names a data set
-made earlier; filter (with ``--consistency``, also
-dropping samples the generator's zero-shot prompting labels otherwise) and write
-``generation/synthetic/`` (JSONL + ``dataset/``); train the task
-model on it, selecting on the synthetic validation split; score it on the real task; and, in the
+made earlier; filter (with ``--consistency``, also dropping samples that the generator's zero-shot
+prompting labels otherwise) and write ``generation/synthetic/`` (JSONL + ``dataset/``); train the
+task model on it, selecting on the synthetic validation split; score it on the real task; and, in the
 same run, the two baselines: zero-shot prompting of the generator, and the same task model trained
 on the real training split (the supervised ceiling; selected on rows held out of that split, never
 on the real split it is scored on).
