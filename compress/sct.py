@@ -5,10 +5,21 @@ sentence itself (``none``: the views then differ only by dropout noise), word de
 with probability 1 - p, at least one), a local reordering (adjacent word swaps), or both. The online
 branch always runs with dropout, so even identical views are two different inputs to it.
 
-Branches. Online: z_i = normalize(h(pool(f(x_i)))) with f the encoder and h the projector, a stack of
-``projector_depth`` MLP blocks d -> e*d -> d (e = ``projector_expansion``, ReLU inside; the last block
-ends in the reference dimension). Reference: r_i = normalize(pool(f(x_i))) run in eval mode under
-``torch.no_grad`` (self-supervised), or the teacher's cached embedding of x_i (distillation), so no
+Branches. Online: z_i = normalize(h(pool(f(x_i)))) with f the encoder and h the projector (``projector``):
+
+- ``residual`` (default): a linear map to the reference width when it differs from the encoder's, then
+  ``projector_depth`` blocks x + W2 ReLU(W1 x + b1) + b2 (width d -> e*d -> d, e = ``projector_expansion``)
+  with W2, b2 zero at initialisation, so h starts as the identity (or as that map);
+- ``mlp``: the paper's stack of the same blocks without the skip, randomly initialised (the last block
+  ends in the reference width);
+- ``linear``: only the map to the reference width (none when the widths agree), as the released
+  distillation code does.
+
+At a few dozen steps a random ``mlp`` projector drives the encoder through a random map and the student
+scores below its untrained self; ``residual`` starts from the encoder's own geometry (docs/sct.md).
+The exported model is the encoder alone: the projector only serves training.
+
+Reference: r_i = normalize(pool(f(x_i))) run in eval mode under ``torch.no_grad`` (self-supervised), or the teacher's cached embedding of x_i (distillation), so no
 gradient ever reaches the reference branch or the teacher.
 
 Queues. D1 and D2 are FIFO rings of the last K reference embeddings of views 1 and 2, kept as
@@ -19,7 +30,9 @@ is thus always among the candidates, as in SEED-style queue distillation, and th
 the first step. The loss itself is :func:`plmkit.losses.cross_view.cross_view_kl`.
 
 Defaults follow the paper's released settings for models of MiniLM's size (BERT-Small, 29 M):
-self-supervised t_ref 0.02, t 0.03, K 65,536, lr 3e-4; distillation t_ref 0.04, t 0.05, lr 1e-4.
+self-supervised t_ref 0.02, t 0.03, K 65,536, lr 3e-4; distillation t_ref 0.04, t 0.05, lr 1e-4; except
+the projector (``residual``, not the paper's random ``mlp``), and K is capped at the sentences of one
+epoch (:func:`plmkit.compress.sct_train.fit_queue`).
 """
 
 from __future__ import annotations
@@ -39,6 +52,7 @@ from plmkit.models import pool
 
 AUGMENTS = ("none", "delete", "shuffle", "delete+shuffle")
 MODES = ("self", "distill")
+PROJECTORS = ("residual", "mlp", "linear")
 _TEMPERATURES = {"self": (0.03, 0.02), "distill": (0.05, 0.04)}  # (t, t_ref) per mode
 
 
@@ -52,8 +66,10 @@ class SCTConfig:
     """Online temperature t (none: 0.03 self-supervised, 0.05 distillation)."""
     reference_temperature: float | None = None
     """Reference temperature t_ref (none: 0.02 self-supervised, 0.04 distillation)."""
+    projector: str = "residual"
+    """Online projector: residual (identity at initialisation), mlp (the paper's, random) or linear."""
     projector_depth: int = 3
-    """MLP blocks in the online projector (d -> e*d -> d each)."""
+    """MLP blocks in the online projector (d -> e*d -> d each; unused by linear)."""
     projector_expansion: int = 10
     """Hidden width factor e of each projector block."""
     augment: str = "delete"
@@ -70,6 +86,8 @@ class SCTConfig:
             value = getattr(self, name)
             if value is not None and not 0.0 < value < float("inf"):
                 raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+        if self.projector not in PROJECTORS:
+            raise ConfigError(f"--projector must be one of {PROJECTORS}, got {self.projector!r}")
         if self.projector_depth < 1 or self.projector_expansion < 1:
             raise ConfigError("--projector-depth and --projector-expansion must be >= 1")
         if self.augment not in AUGMENTS:
@@ -134,6 +152,31 @@ class Projector(nn.Sequential):
         super().__init__(*blocks)
 
 
+class ResidualBlock(nn.Module):
+    """x + W2 ReLU(W1 x + b1) + b2 (dim -> expansion*dim -> dim), W2 and b2 zero: the identity until trained."""
+
+    def __init__(self, dim: int, expansion: int) -> None:
+        super().__init__()
+        self.up = nn.Linear(dim, expansion * dim)
+        self.down = nn.Linear(expansion * dim, dim)
+        nn.init.zeros_(self.down.weight)
+        nn.init.zeros_(self.down.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.down(F.relu(self.up(x)))
+
+
+def build_projector(kind: str, in_dim: int, out_dim: int, depth: int = 3, expansion: int = 10) -> nn.Module:
+    """The online projector ``kind`` (see the module docstring) from ``in_dim`` to ``out_dim``."""
+    if kind == "mlp":
+        return Projector(in_dim, out_dim, depth, expansion)
+    if kind not in PROJECTORS:
+        raise ConfigError(f"--projector must be one of {PROJECTORS}, got {kind!r}")
+    width = [] if in_dim == out_dim else [nn.Linear(in_dim, out_dim)]
+    blocks = [ResidualBlock(out_dim, expansion) for _ in range(depth)] if kind == "residual" else []
+    return nn.Sequential(*width, *blocks)
+
+
 class EmbeddingQueue(nn.Module):
     """A FIFO ring of the last ``size`` embeddings, held in persistent buffers (saved in checkpoints)."""
 
@@ -181,7 +224,8 @@ class CrossViewModel(nn.Module):
         self.encoder = encoder
         self.pooling = config.pooling
         self.reference_dim = reference_dim or hidden
-        self.projector = Projector(hidden, self.reference_dim, config.projector_depth, config.projector_expansion)
+        self.projector = build_projector(config.projector, hidden, self.reference_dim, config.projector_depth,
+                                         config.projector_expansion)
         self.queue1 = EmbeddingQueue(config.queue_size, self.reference_dim)
         self.queue2 = EmbeddingQueue(config.queue_size, self.reference_dim)
 

@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +149,20 @@ def _check_sentences(sentences: Sequence[str]) -> list[str]:
 
 
 # ------------------------------------------------------------------------------ training
+def fit_queue(config: SCTConfig, views_per_epoch: int) -> SCTConfig:
+    """``config`` with K capped at the reference embeddings one queue receives per epoch (logged when capped).
+
+    Each queue receives one view of every training sentence per epoch, so a longer queue would only hold
+    earlier epochs' references of the same sentences again (stale copies of the encoder's own, or exact
+    duplicates of the teacher's) and cost memory: 2 x K x dim float32 buffers, in every checkpoint too.
+    """
+    if config.queue_size <= views_per_epoch:
+        return config
+    logger.info("SCT queue size %d -> %d: each queue receives %d reference embeddings per epoch",
+                config.queue_size, views_per_epoch, views_per_epoch)
+    return replace(config, queue_size=views_per_epoch)
+
+
 def build_method(method: str, encoder: nn.Module, config: SCTConfig, teacher_dim: int | None):
     """(trainable model, loss) for ``method`` on a copy of ``encoder``."""
     student = copy.deepcopy(encoder)
@@ -177,6 +192,8 @@ def train_method(method: str, encoder: nn.Module, tokenizer: Any, sentences: Seq
     views = make_views(sentences, config.augment, config.augment_prob, view_seed) if method.startswith("sct") \
         else (sentences, sentences)
     rows = [(a, b, i) for i, (a, b) in enumerate(zip(*views, strict=True))]
+    if method.startswith("sct"):
+        config = fit_queue(config, len(rows))
     model, loss = build_method(method, encoder, config, teacher[0].shape[-1] if teacher is not None else None)
     model.train()
     collate = ViewCollator(tokenizer, max_length, method, teacher)

@@ -8,9 +8,17 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from plmkit.compress.sct import CrossViewModel, EmbeddingQueue, SCTConfig, augment_sentence, make_views
+from plmkit.compress.sct import (
+    CrossViewModel,
+    EmbeddingQueue,
+    Projector,
+    SCTConfig,
+    augment_sentence,
+    build_projector,
+    make_views,
+)
 from plmkit.compress.sct_job import EmbedSetup
-from plmkit.compress.sct_train import SCTDataError, ViewCollator, _check_sentences, lee_pairs
+from plmkit.compress.sct_train import SCTDataError, ViewCollator, _check_sentences, fit_queue, lee_pairs
 from plmkit.distributed import all_gather
 from plmkit.errors import ConfigError
 from plmkit.losses.cross_view import CrossViewLoss, cross_view_kl, in_batch_contrastive, queue_kl
@@ -118,6 +126,56 @@ def test_reference_branch_and_teacher_get_no_gradient(make_encoder):
     out = CrossViewLoss()(distilled, {**batch, "teacher1": teacher, "teacher2": teacher})
     out["loss"].backward()
     assert teacher.grad is None and distilled.queue1.rows.shape == (16, 48)
+
+
+def _mean_pooled_by_hand(encoder, features) -> torch.Tensor:
+    hidden = encoder(input_ids=features["input_ids"], attention_mask=features["attention_mask"]).last_hidden_state
+    mask = features["attention_mask"].unsqueeze(-1).float()  # (batch, seq, 1)
+    return (hidden * mask).sum(1) / mask.sum(1)
+
+
+def test_residual_projector_starts_as_the_identity_or_the_width_map(make_encoder):
+    backbone = make_encoder("bert")
+    batch = _batch(backbone, ["the movie was great", "a boring film"])
+    model = CrossViewModel(backbone.model, SCTConfig(queue_size=8, projector_depth=2, projector_expansion=3)).eval()
+    with torch.no_grad():
+        expected = F.normalize(_mean_pooled_by_hand(backbone.model, batch["view1"]), dim=-1)
+        torch.testing.assert_close(model.online(batch["view1"]), expected)
+    distilled = CrossViewModel(make_encoder("bert").model, SCTConfig(queue_size=8, projector_depth=2), 48).eval()
+    width_map = distilled.projector[0]
+    assert isinstance(width_map, torch.nn.Linear) and width_map.weight.shape == (48, 32)
+    with torch.no_grad():
+        pooled = _mean_pooled_by_hand(distilled.encoder, batch["view1"])
+        expected = F.normalize(pooled @ width_map.weight.T + width_map.bias, dim=-1)
+        torch.testing.assert_close(distilled.online(batch["view1"]), expected)
+
+
+def test_residual_blocks_train_from_zero():
+    projector = build_projector("residual", 4, 4, depth=1, expansion=2)
+    x = torch.randn(3, 4)
+    projector(x).pow(2).sum().backward()
+    block = projector[0]
+    assert block.down.weight.grad.abs().sum() > 0  # the zero layer gets a gradient at once
+    assert torch.count_nonzero(block.up.weight.grad) == 0  # and passes none back through its zeros
+
+
+def test_projector_kinds_have_the_promised_shapes():
+    mlp = build_projector("mlp", 8, 12, depth=3, expansion=10)
+    assert isinstance(mlp, Projector) and len(mlp) == 3
+    assert [(b[0].in_features, b[0].out_features, b[2].out_features) for b in mlp] == [(8, 80, 8)] * 2 + [(8, 80, 12)]
+    assert [type(m).__name__ for m in build_projector("linear", 8, 12)] == ["Linear"]
+    x = torch.randn(2, 8)
+    assert torch.equal(build_projector("linear", 8, 8)(x), x)  # equal widths: no map at all
+    with pytest.raises(ConfigError, match="--projector"):
+        SCTConfig(projector="deep")
+
+
+def test_queue_is_capped_at_one_epoch_of_views(caplog):
+    config = SCTConfig(queue_size=65536)
+    with caplog.at_level("INFO", logger="plmkit"):
+        fitted = fit_queue(config, 1500)
+    assert fitted.queue_size == 1500 and config.queue_size == 65536 and "65536 -> 1500" in caplog.text
+    assert fit_queue(SCTConfig(queue_size=1000), 1500).queue_size == 1000
 
 
 def test_views_are_seeded_and_never_empty():
