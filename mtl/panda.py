@@ -12,6 +12,18 @@
   where β(s, t) = β_max · clip(T(s, t), 0, 1) and T is the transferability metric
   (``mtl.transferability``). A regression target uses MSE for the task term too.
 
+  With k > 1 sources ``fusion`` says where they meet. ``early`` (default): one teacher, trained from
+  the T-weighted average of the k prompts, β from the mean T. ``late`` (the TKDE paper's multi-source
+  form): one teacher per source s_i (prompt transfer from s_i alone, trained on the target) and
+
+      L = CE(z_s, y) + Σ_i (β(s_i, t) / k) · mean_(batch, class) (z_s - z_(t_i))^2
+
+  The β_i are divided by k so that the distillation weight is the teachers' mean β, in [0, β_max]
+  whatever k is: the student's balance between labels and teachers does not shift with the number of
+  sources (an unnormalised sum could put k · β_max on matching logits and drown the labels), while
+  the teachers still weigh against each other ∝ clip(T_i, 0, 1). k identical teachers then give the
+  single-teacher loss, and k = 1 is early fusion.
+
 Sources are prompt entries of the store (``SourceRef`` of kind ``prompt``); the target's own trained
 prompt (the last ref when ``include_target_adapter``) is never a candidate: it supplies the target's
 task embedding. ``--sources auto`` ranks every prompt entry the store holds for this backbone and
@@ -28,13 +40,14 @@ import torch
 from torch import nn
 
 from plmkit.errors import ConfigError
-from plmkit.losses import DistillationLoss
+from plmkit.losses import DistillationLoss, MultiTeacherDistillationLoss, Teacher
 from plmkit.mtl.prompts import KIND, PromptConfig, attach_prompts, load_prompt_tensors, read_prompts
 from plmkit.mtl.registry import TransferMethod, register_transfer_method
 from plmkit.mtl.transferability import beta_from_transferability, embed_tasks, probe_batch, similarity_matrix
 
 logger = logging.getLogger("plmkit")
 STUDENT_INITS = ("fresh", "source")
+FUSIONS = ("early", "late")
 
 
 @dataclass
@@ -72,16 +85,20 @@ class PandaConfig(PromptMethodConfig):
 
     cli_flags: ClassVar[dict[str, str]] = {**PromptMethodConfig.cli_flags, "top_k": "panda_top_k",
                                            "beta_max": "panda_beta_max", "student_init": "panda_student_init",
-                                           "probe_size": "panda_probe_size"}
+                                           "probe_size": "panda_probe_size", "fusion": "panda_fusion"}
 
     top_k: int = 1
-    """Sources kept after ranking by transferability (k > 1: their prompts averaged, weights ∝ T)."""
+    """Sources kept after ranking by transferability (k > 1: combined as --panda-fusion says)."""
     beta_max: float = 1.0
     """β(s, t) = beta_max · clip(T(s, t), 0, 1): the distillation weight at full transferability."""
     student_init: str = "fresh"
     """PANDA student prompt: 'fresh' (as --method prompt) or 'source' (as the teacher's start)."""
     probe_size: int = 64
     """Target training rows on which the transferability metric compares prompts."""
+    fusion: str = "early"
+    """Several sources: 'early' (their prompts averaged, weights ∝ T; PANDA's one teacher starts there) or
+    'late' (PANDA only: one teacher per source, distillation terms weighted by β(s_i, t) / k). Prompt
+    transfer and a 'source' student start from the average either way."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -93,6 +110,8 @@ class PandaConfig(PromptMethodConfig):
             raise ConfigError(f"--panda-student-init must be one of {STUDENT_INITS}, got {self.student_init!r}")
         if self.probe_size < 1:
             raise ConfigError(f"--panda-probe-size must be >= 1, got {self.probe_size}")
+        if self.fusion not in FUSIONS:
+            raise ConfigError(f"--panda-fusion must be one of {FUSIONS}, got {self.fusion!r}")
 
 
 def attach_fresh_prompt(model: nn.Module, config: PromptMethodConfig, tokenizer: Any = None):
@@ -197,26 +216,59 @@ def run_prompt_transfer(method, seed, refs, backbone, data, setup, base, run, ou
 
 
 def run_panda(method, seed, refs, backbone, data, setup, base, run, outcomes) -> dict[str, Any]:
-    """Teacher = prompt transfer trained on the target (reused from ``outcomes`` when there); student
-    trained with CE + β · MSE(student logits, teacher logits), β from the transferability."""
+    """Teacher(s) = prompt transfer trained on the target (reused from ``outcomes`` when there); student
+    trained with CE + β · MSE(student logits, teacher logits), β from the transferability (late fusion:
+    one such term per source, see the module docstring)."""
     from plmkit.mtl.pipeline import run_method
 
     config = setup.method_config(method)
     chosen, tensors, transferability = _chosen(refs, backbone, data, setup, config)
-    names = [r.name for r in chosen]
-    teacher = next((o for o in outcomes if o["method"] == "prompt-transfer" and o["seed"] == seed
-                    and o.get("transfer_sources") == names), None)
-    if teacher is None:
-        logger.info("panda: training the teacher (prompt transfer from %s), seed %d", ", ".join(names), seed)
-        teacher = run_method("prompt-transfer", seed, refs, backbone, data, setup, base, run,
-                             attach=_initialised(config, tensors))
-    beta = beta_from_transferability(transferability, config.beta_max)
-    loss = DistillationLoss(teacher["_classifier"], beta=beta, soft="mse")
+    if config.fusion == "late":
+        loss, recorded = _late_fusion_loss(seed, chosen, config, refs, backbone, data, setup, base, run, outcomes)
+    else:
+        teacher = _teacher(seed, chosen, tensors, config, refs, backbone, data, setup, base, run, outcomes)
+        beta = beta_from_transferability(transferability, config.beta_max)
+        loss = DistillationLoss(teacher["_classifier"], beta=beta, soft="mse")
+        recorded = {"beta": beta, "teacher_test": teacher["test"]}
     student = _initialised(config, tensors) if config.student_init == "source" else (
         lambda model: attach_fresh_prompt(model, config, backbone.tokenizer))
     outcome = run_method(method, seed, refs, backbone, data, setup, base, run, attach=student, loss=loss)
-    outcome.update(beta=beta, teacher_test=teacher["test"])
+    outcome.update(fusion=config.fusion, **recorded)
     return _describe(outcome, chosen, transferability)
+
+
+def _teacher(seed, chosen, tensors, config, refs, backbone, data, setup, base, run, outcomes,
+             subfolder: str = "") -> dict[str, Any]:
+    """The prompt-transfer outcome from ``chosen`` (its prompt started at ``tensors``): this seed's
+    from ``outcomes`` when ``--compare`` trained it, else trained now in ``run`` (or its ``subfolder``)."""
+    from plmkit.mtl.pipeline import run_method
+    from plmkit.runs import RunFolder
+
+    names = [r.name for r in chosen]
+    found = next((o for o in outcomes if o["method"] == "prompt-transfer" and o["seed"] == seed
+                  and o.get("transfer_sources") == names), None)
+    if found is not None:
+        return found
+    logger.info("panda: training the teacher (prompt transfer from %s), seed %d", ", ".join(names), seed)
+    folder = RunFolder(run.path / subfolder, resume=run.resume) if subfolder else run
+    return run_method("prompt-transfer", seed, refs, backbone, data, setup, base, folder,
+                      attach=_initialised(config, tensors))
+
+
+def _late_fusion_loss(seed, chosen, config, refs, backbone, data, setup, base, run,
+                      outcomes) -> tuple[MultiTeacherDistillationLoss, dict[str, Any]]:
+    """One teacher per chosen source (prompt transfer from it alone; a teacher trained here trains in
+    ``teachers/<source>/``) and L = CE + Σ_i β(s_i, t)/k · MSE; with what the outcome records."""
+    teachers, recorded = [], []
+    for source in chosen:
+        outcome = _teacher(seed, [source], fused_prompt([source]), config, refs, backbone, data, setup, base,
+                           run, outcomes, subfolder=f"teachers/{source.name}")
+        beta = beta_from_transferability(source.transferability, config.beta_max) / len(chosen)
+        teachers.append(Teacher(source.name, outcome["_classifier"], beta))
+        recorded.append({"source": source.name, "transferability": source.transferability, "beta": beta,
+                         "test": outcome["test"], "reused": any(o is outcome for o in outcomes)})
+    loss = MultiTeacherDistillationLoss(teachers, soft="mse")
+    return loss, {"beta": sum(t.weight for t in teachers), "teachers": recorded}
 
 
 register_transfer_method(TransferMethod("prompt", PromptMethodConfig, attach=attach_fresh_prompt, source_kinds=()))

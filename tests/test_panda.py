@@ -10,6 +10,7 @@ import torch
 from torch.nn import functional as F
 
 from plmkit.cli import main
+from plmkit.errors import ConfigError
 from plmkit.losses import DistillationLoss
 from plmkit.models import build_classifier
 from plmkit.mtl.panda import PandaConfig, _initialised
@@ -132,3 +133,44 @@ def test_each_method_end_to_end_and_the_teacher_is_reused(tmp_path, tiny_backbon
     assert len(matrix) == 2 and matrix[0][1] == pytest.approx(matrix[1][0])
     assert (matrix_run / "transferability.png").is_file()
     assert "transferability" in capsys.readouterr().out
+
+
+def _late_fusion_args(tmp_path, tiny_backbone_dir, sources, run, *extra):
+    return ["transfer", "--sources", sources, "--target", str(_write_task(tmp_path / "t")), "--backbone",
+            str(tiny_backbone_dir), "--store", str(tmp_path / "store"), "--epochs", "1", "--batch-size", "16",
+            "--max-length", "32", "--no-progress", "--prompt-length", "3", "--source-epochs", "1", "--no-baseline",
+            "--method", "panda", "--panda-top-k", "2", "--panda-fusion", "late", "--log-every-steps", "1",
+            "--output-dir", str(run), *extra]
+
+
+def test_late_fusion_distils_from_one_teacher_per_source_weighted_by_beta_over_k(tmp_path, tiny_backbone_dir):
+    run = tmp_path / "run"
+    sources = f"{_write_task(tmp_path / 'src_a', n_train=32)},{_write_task(tmp_path / 'src_b', n_train=40)}"
+    assert main(_late_fusion_args(tmp_path, tiny_backbone_dir, sources, run)) == 0
+    panda = json.loads((run / "metrics.json").read_text())["runs"][0]
+    assert panda["fusion"] == "late" and sorted(panda["transfer_sources"]) == ["src_a", "src_b"]
+    teachers = {t["source"]: t for t in panda["teachers"]}
+    assert sorted(teachers) == ["src_a", "src_b"] and not any(t["reused"] for t in teachers.values())
+    for name, teacher in teachers.items():
+        assert teacher["beta"] == pytest.approx(max(0.0, min(1.0, panda["transferability"][name])) / 2)
+        assert (run / "teachers" / name / "prompt-transfer-seed42" / "train_log.jsonl").is_file()
+    assert panda["beta"] == pytest.approx(sum(t["beta"] for t in teachers.values()))
+    logged = json.loads((run / "panda-seed42" / "train_log.jsonl").read_text().splitlines()[0])
+    assert {"task", "soft_src_a", "soft_src_b"} <= set(logged)
+    # one source: late fusion's single teacher is the prompt-transfer model --compare trained from it
+    single = tmp_path / "single"
+    assert main(_late_fusion_args(tmp_path, tiny_backbone_dir, str(tmp_path / "src_a"), single,
+                                  "--compare", "prompt-transfer,panda")) == 0
+    runs = {r["method"]: r for r in json.loads((single / "metrics.json").read_text())["runs"]}
+    [teacher] = runs["panda"]["teachers"]
+    assert teacher["reused"] and teacher["test"] == runs["prompt-transfer"]["test"]
+    assert not (single / "teachers").exists()
+
+
+def test_a_bad_fusion_is_refused_naming_the_choices(tmp_path, tiny_backbone_dir, capsys):
+    with pytest.raises(ConfigError, match="--panda-fusion must be one of \\('early', 'late'\\), got 'middle'"):
+        PandaConfig(fusion="middle")
+    args = _late_fusion_args(tmp_path, tiny_backbone_dir, str(_write_task(tmp_path / "src_a")), tmp_path / "run")
+    args[args.index("late")] = "middle"
+    assert main(args) == 2
+    assert "'early', 'late'" in capsys.readouterr().err
