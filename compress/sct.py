@@ -78,6 +78,9 @@ class SCTConfig:
     """Word deletion probability, or adjacent-swap probability for shuffle."""
     pooling: str = "mean"
     """Token pooling of the encoder: mean or cls (the exported model pools the same way)."""
+    align_teacher_map: bool = True
+    """Distillation: start the linear map to the teacher's width from the ridge regression of the
+    teacher's embeddings on the untrained student's (residual and linear projectors; MSE's projection)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.queue_size, bool) or not isinstance(self.queue_size, int) or self.queue_size < 1:
@@ -177,6 +180,21 @@ def build_projector(kind: str, in_dim: int, out_dim: int, depth: int = 3, expans
     return nn.Sequential(*width, *blocks)
 
 
+def ridge_map(inputs: torch.Tensor, targets: torch.Tensor, ridge: float = 1e-2) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight (out, in), bias (out,)) minimising |targets - inputs W^T - b|^2 + lambda |W|^2 over the rows.
+
+    lambda = ``ridge`` x the mean diagonal of the centred inputs' Gram matrix, so the penalty does not
+    depend on the scale of the inputs. Solved in float64.
+    """
+    x, y = inputs.double(), targets.double()
+    mean_x, mean_y = x.mean(0), y.mean(0)
+    xc, yc = x - mean_x, y - mean_y  # (n, in), (n, out)
+    gram = xc.T @ xc  # (in, in)
+    penalty = ridge * gram.diagonal().mean() * torch.eye(gram.shape[0], dtype=gram.dtype)
+    weight = torch.linalg.solve(gram + penalty, xc.T @ yc).T  # (out, in)
+    return weight.float(), (mean_y - weight @ mean_x).float()
+
+
 class EmbeddingQueue(nn.Module):
     """A FIFO ring of the last ``size`` embeddings, held in persistent buffers (saved in checkpoints)."""
 
@@ -229,6 +247,12 @@ class CrossViewModel(nn.Module):
         self.queue1 = EmbeddingQueue(config.queue_size, self.reference_dim)
         self.queue2 = EmbeddingQueue(config.queue_size, self.reference_dim)
 
+    @property
+    def width_map(self) -> nn.Linear | None:
+        """The linear map to the reference width that starts the projector (None for mlp or equal widths)."""
+        first = self.projector[0] if len(self.projector) and not isinstance(self.projector, Projector) else None
+        return first if isinstance(first, nn.Linear) else None
+
     def online(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         return F.normalize(self.projector(pooled(self.encoder, features, self.pooling)), dim=-1)
 
@@ -267,6 +291,11 @@ class PooledEncoder(nn.Module):
         self.pooling = pooling
         hidden = int(encoder.config.hidden_size)
         self.projection = nn.Linear(hidden, out_dim) if out_dim and out_dim != hidden else None
+
+    @property
+    def width_map(self) -> nn.Linear | None:
+        """The linear map to the teacher's width (None when the widths agree)."""
+        return self.projection
 
     def forward(self, **features: torch.Tensor) -> torch.Tensor:
         embedding = pooled(self.encoder, features, self.pooling)

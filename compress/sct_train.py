@@ -163,6 +163,31 @@ def fit_queue(config: SCTConfig, views_per_epoch: int) -> SCTConfig:
     return replace(config, queue_size=views_per_epoch)
 
 
+def align_width_map(model: nn.Module, tokenizer: Any, texts: Sequence[str], targets: torch.Tensor,
+                    max_length: int = 128) -> bool:
+    """Set ``model.width_map`` to the ridge regression of ``targets`` (len(texts), teacher dim) on the
+    untrained encoder's pooled embeddings of ``texts``; False (nothing done) when the model has no such map.
+
+    A random map from the student's width to the teacher's sends the distillation gradients into the
+    encoder along random directions until it has learnt to align the two spaces, which a few dozen
+    steps at lr 1e-4 do not achieve; the regression starts it aligned (docs/sct.md).
+    """
+    from plmkit.compress.sct import ridge_map
+    from plmkit.embeddings import encode
+
+    layer = model.width_map
+    if layer is None:
+        return False
+    inputs = encode(model.encoder, tokenizer, list(texts), model.pooling, max_length=max_length)
+    weight, bias = ridge_map(inputs, targets)
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        layer.bias.copy_(bias)
+    logger.info("%s: map %d -> %d fitted to the teacher on %d texts", type(model).__name__, weight.shape[1],
+                weight.shape[0], len(texts))
+    return True
+
+
 def build_method(method: str, encoder: nn.Module, config: SCTConfig, teacher_dim: int | None):
     """(trainable model, loss) for ``method`` on a copy of ``encoder``."""
     student = copy.deepcopy(encoder)
@@ -195,6 +220,10 @@ def train_method(method: str, encoder: nn.Module, tokenizer: Any, sentences: Seq
     if method.startswith("sct"):
         config = fit_queue(config, len(rows))
     model, loss = build_method(method, encoder, config, teacher[0].shape[-1] if teacher is not None else None)
+    if teacher is not None and config.align_teacher_map:
+        texts = list(views[0]) + list(views[1]) if method == "sct-distill" else list(views[0])
+        targets = torch.cat(teacher) if method == "sct-distill" else teacher[0]
+        align_width_map(model, tokenizer, texts, targets, max_length)
     model.train()
     collate = ViewCollator(tokenizer, max_length, method, teacher)
     result = Trainer(model, loss, rows, trainer, collate_fn=collate).train()

@@ -7,7 +7,8 @@ student after each method, all trained on the same unlabelled sentences with the
 GLUE STS-B training pair (labels unused), subsampled with ``--train-samples`` for CPU runs. Also reports
 training time, sentences/s and encoder parameter counts.
 
-    python scripts/bench_sct.py --train-samples 2000 --epochs 1
+    python scripts/bench_sct.py --train-samples 1500 --epochs 2
+    python scripts/bench_sct.py --projector mlp --no-align-teacher-map   # the paper's random projector
 
 Runs ``plmkit embed`` (the CLI) into ``--run-dir``, then prints a table and writes JSON (``--out``).
 """
@@ -34,6 +35,9 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--teacher", default="mpnet-base")
     parser.add_argument("--methods", default="sct,sct-distill,simcse,mse")
     parser.add_argument("--augment", default="delete")
+    parser.add_argument("--projector", default="residual", help="SCT online projector: residual, mlp or linear")
+    parser.add_argument("--align-teacher-map", action=argparse.BooleanOptionalAction, default=True,
+                        help="start the student->teacher width maps (sct-distill, mse) from a ridge regression")
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--run-dir", default=str(ROOT / "runs" / "bench_sct"))
     parser.add_argument("--out", default=str(ROOT / "scripts" / "results" / "bench_sct.json"))
@@ -65,7 +69,9 @@ def main() -> int:
             "--data", str(train), "--text-fields", "text_a", "--eval", str(test), "--methods", args.methods,
             "--max-train-samples", str(args.train_samples), "--epochs", str(args.epochs),
             "--batch-size", str(args.batch_size), "--learning-rate", str(args.learning_rate),
-            "--augment", args.augment, "--max-length", str(args.max_length), "--no-progress",
+            "--augment", args.augment, "--projector", args.projector,
+            "--align-teacher-map" if args.align_teacher_map else "--no-align-teacher-map",
+            "--max-length", str(args.max_length), "--no-progress",
             "--output-dir", args.run_dir, "--overwrite"]
     started = time.perf_counter()
     code = plmkit_main(argv)

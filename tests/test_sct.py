@@ -16,9 +16,17 @@ from plmkit.compress.sct import (
     augment_sentence,
     build_projector,
     make_views,
+    ridge_map,
 )
 from plmkit.compress.sct_job import EmbedSetup
-from plmkit.compress.sct_train import SCTDataError, ViewCollator, _check_sentences, fit_queue, lee_pairs
+from plmkit.compress.sct_train import (
+    SCTDataError,
+    ViewCollator,
+    _check_sentences,
+    align_width_map,
+    fit_queue,
+    lee_pairs,
+)
 from plmkit.distributed import all_gather
 from plmkit.errors import ConfigError
 from plmkit.losses.cross_view import CrossViewLoss, cross_view_kl, in_batch_contrastive, queue_kl
@@ -168,6 +176,43 @@ def test_projector_kinds_have_the_promised_shapes():
     assert torch.equal(build_projector("linear", 8, 8)(x), x)  # equal widths: no map at all
     with pytest.raises(ConfigError, match="--projector"):
         SCTConfig(projector="deep")
+
+
+def test_ridge_map_recovers_a_linear_map_and_matches_an_augmented_least_squares():
+    gen = torch.Generator().manual_seed(0)
+    x = 3.0 * torch.randn(200, 5, generator=gen) + 1.0
+    a, c = torch.randn(3, 5, generator=gen), torch.randn(3, generator=gen)
+    weight, bias = ridge_map(x, x @ a.T + c, ridge=1e-9)
+    torch.testing.assert_close(weight, a, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(bias, c, atol=1e-4, rtol=1e-4)
+    y = torch.randn(200, 3, generator=gen)  # no exact fit: the penalty matters
+    weight, bias = ridge_map(x, y, ridge=0.5)
+    xc, yc = (x - x.mean(0)).double(), (y - y.mean(0)).double()
+    lam = 0.5 * xc.pow(2).sum(0).mean()
+    # min |yc - xc W^T|^2 + lam |W|^2 is plain least squares on rows [xc; sqrt(lam) I] -> [yc; 0]
+    stacked = torch.cat([xc, lam.sqrt() * torch.eye(5, dtype=torch.float64)])
+    expected = torch.linalg.lstsq(stacked, torch.cat([yc, torch.zeros(5, 3, dtype=torch.float64)])).solution.T
+    torch.testing.assert_close(weight, expected.float(), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(bias, (y.mean(0).double() - expected @ x.mean(0).double()).float(), atol=1e-5, rtol=1e-4)
+
+
+def test_align_width_map_fits_the_teacher_and_skips_models_without_one(make_encoder):
+    from plmkit.embeddings import encode
+
+    backbone = make_encoder("bert")
+    texts = ["the movie was great", "a boring film", "the team won the game", "shares fell", "it rained"]
+    teacher = _unit(len(texts), 48, seed=9)
+    model = CrossViewModel(backbone.model, SCTConfig(queue_size=8, projector_depth=1), 48)
+    assert align_width_map(model, backbone.tokenizer, texts, teacher, max_length=16)
+    pooled = encode(backbone.model, backbone.tokenizer, texts, "mean", max_length=16)
+    weight, bias = ridge_map(pooled, teacher)
+    torch.testing.assert_close(model.width_map.weight.detach(), weight)
+    torch.testing.assert_close(model.width_map.bias.detach(), bias)
+    for config, width in ((SCTConfig(projector="mlp", projector_depth=1), 48), (SCTConfig(projector_depth=1), 32)):
+        other = CrossViewModel(make_encoder("bert").model, config, width)
+        before = [p.clone() for p in other.projector.parameters()]
+        assert other.width_map is None and not align_width_map(other, backbone.tokenizer, texts, teacher)
+        assert all(torch.equal(b, p) for b, p in zip(before, other.projector.parameters(), strict=True))
 
 
 def test_queue_is_capped_at_one_epoch_of_views(caplog):
