@@ -136,15 +136,26 @@ def _write(args: argparse.Namespace, out: dict) -> None:
 
 
 def _weight_similarity(work: Path, target: str, source: str) -> float:
+    """Weight-space cosine of the target's own prompt (trained on ``--train`` rows) and the source's
+    (``--source-train`` rows): store entries are told apart by the training size their config records."""
     from plmkit.backbones import load_encoder
     from plmkit.mtl.store import AdapterStore
 
     global _BACKBONE
     _BACKBONE = globals().get("_BACKBONE") or load_encoder(_ARGS.backbone)
-    entries = {e.task: e.path for e in AdapterStore(work / "store").list(kind="prompt")}
-    slug = {name: Path(spec).name for name, spec in TASKS.items()}
-    a = read_prompts(entries[slug[target]], _BACKBONE.model, target)[1]
-    b = read_prompts(entries[slug[source]], _BACKBONE.model, source)[1]
+    store = AdapterStore(_ARGS.store or work / "store")
+
+    def entry(task: str, rows: int) -> Path:
+        slug = Path(TASKS[task]).name
+        for e in store.list(backbone=_ARGS.backbone, kind="prompt"):
+            config = json.loads((e.path / "config.json").read_text())
+            if e.task == slug and config["task"]["sizes"]["train"] == rows and \
+                    config["prompt"]["length"] == _ARGS.prompt_length:
+                return e.path
+        raise LookupError(f"no stored prompt for {task} trained on {rows} rows")
+
+    a = read_prompts(entry(target, _ARGS.train), _BACKBONE.model, target)[1]
+    b = read_prompts(entry(source, _ARGS.source_train), _BACKBONE.model, source)[1]
     return prompt_weight_similarity(a, b)
 
 
