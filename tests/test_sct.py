@@ -11,6 +11,7 @@ from torch.nn import functional as F
 from plmkit.compress.sct import (
     CrossViewModel,
     EmbeddingQueue,
+    PooledEncoder,
     Projector,
     SCTConfig,
     augment_sentence,
@@ -208,6 +209,9 @@ def test_align_width_map_fits_the_teacher_and_skips_models_without_one(make_enco
     weight, bias = ridge_map(pooled, teacher)
     torch.testing.assert_close(model.width_map.weight.detach(), weight)
     torch.testing.assert_close(model.width_map.bias.detach(), bias)
+    mse = PooledEncoder(make_encoder("bert").model, "mean", 48)  # the MSE baseline gets the same start
+    assert align_width_map(mse, backbone.tokenizer, texts, teacher, max_length=16)
+    torch.testing.assert_close(mse.projection.weight.detach(), weight)
     for config, width in ((SCTConfig(projector="mlp", projector_depth=1), 48), (SCTConfig(projector_depth=1), 32)):
         other = CrossViewModel(make_encoder("bert").model, config, width)
         before = [p.clone() for p in other.projector.parameters()]
