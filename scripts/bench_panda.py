@@ -47,6 +47,8 @@ def parse() -> argparse.Namespace:
                              "vanilla transfer (for the metric check)")
     parser.add_argument("--student-init", default="fresh", choices=("fresh", "source"))
     parser.add_argument("--store", default=None, help="stage-1 store (default: a fresh temporary one)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the pairs already in --out (same settings assumed) and run only the rest")
     parser.add_argument("--report", nargs="+", default=None, metavar="JSON",
                         help="merge these results files into --out and print the tables; trains nothing")
     parser.add_argument("--seeds", default="1,2,3")
@@ -90,10 +92,18 @@ def main() -> None:
     pool = [t for t in args.pool.split(",") if t]
     work = Path(tempfile.mkdtemp(prefix="bench-panda-"))
     pairs, validation = [], []
+    done = {}
+    if args.resume and Path(args.out).is_file():
+        done = {(r["target"], r["source"]): r for r in json.loads(Path(args.out).read_text())["pairs"]}
     for target in args.targets.split(","):
-        plain = scores(run_one(args, work, target, "", "prompt", f"{target}-none"), "prompt")
+        earlier = [r for (t, _), r in done.items() if t == target]
+        plain = earlier[0]["none"] if earlier else \
+            scores(run_one(args, work, target, "", "prompt", f"{target}-none"), "prompt")
         rows = []
         for i, source in enumerate(s for s in pool if s != target):
+            if (target, source) in done:
+                rows.append(done[target, source])
+                continue
             with_panda = i < args.panda_sources
             compare = "prompt-transfer,panda" if with_panda else "prompt-transfer"
             m = run_one(args, work, target, TASKS[source], compare, f"{target}-{source}")
