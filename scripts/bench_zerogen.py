@@ -117,6 +117,7 @@ def main() -> None:
     parser.add_argument("--data-dir", default=None, help="folder of the raw samples (reused; default: temporary)")
     parser.add_argument("--naive-samples", type=int, default=16, help="0: no pipeline baseline")
     parser.add_argument("--max-eval-samples", type=int, default=0, help="0: the whole validation split")
+    parser.add_argument("--eval-tasks", default="rotten-tomatoes,sst2", help="real tasks to score on (of these two)")
     parser.add_argument("--supervised-train-samples", type=int, default=4000)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--task-model", default="lstm", help="lstm, transformer, or an encoder to fine-tune")
@@ -188,10 +189,11 @@ def main() -> None:
     if not sizes:
         raise SystemExit(f"only {len(rows)} samples in {folder}; make more (drop --max-chunks) or ask smaller --sizes")
     limit = args.max_eval_samples or None
-    real = {"rotten-tomatoes": load_task("rotten-tomatoes", max_eval_samples=limit,
-                                         max_train_samples=args.supervised_train_samples),
-            "sst2": load_task(str(SST2), label_names=spec.labels, max_eval_samples=limit,
-                              max_train_samples=args.supervised_train_samples)}
+    loaders = {"rotten-tomatoes": lambda: load_task("rotten-tomatoes", max_eval_samples=limit,
+                                                    max_train_samples=args.supervised_train_samples),
+               "sst2": lambda: load_task(str(SST2), label_names=spec.labels, max_eval_samples=limit,
+                                         max_train_samples=args.supervised_train_samples)}
+    real = {name: loaders[name]() for name in args.eval_tasks.split(",")}
     trainer = TrainerConfig(output_dir=str(folder / "train"), epochs=args.epochs, batch_size=32,
                             learning_rate=args.learning_rate,
                             progress=False, save_checkpoints=False)
