@@ -132,8 +132,10 @@ def main() -> None:
 
 def _report(args: argparse.Namespace) -> None:
     parts = [json.loads(Path(f).read_text()) for f in args.report]
-    out = {"args": [p["args"] for p in parts], "pairs": [r for p in parts for r in p["pairs"]],
-           "metric_validation": [v for p in parts for v in p["metric_validation"]],
+    pairs = [r for p in parts for r in p["pairs"]]
+    targets = list(dict.fromkeys(r["target"] for r in pairs))  # every target's check over all its sources
+    out = {"args": [p["args"] for p in parts], "pairs": pairs,
+           "metric_validation": [_spearman(t, [r for r in pairs if r["target"] == t]) for t in targets],
            "partial": any(p.get("partial") for p in parts), "wall_time_s": sum(p["wall_time_s"] for p in parts)}
     _write(args, out)
     _print(out)
