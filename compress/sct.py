@@ -19,8 +19,9 @@ At a few dozen steps a random ``mlp`` projector drives the encoder through a ran
 scores below its untrained self; ``residual`` starts from the encoder's own geometry (docs/sct.md).
 The exported model is the encoder alone: the projector only serves training.
 
-Reference: r_i = normalize(pool(f(x_i))) run in eval mode under ``torch.no_grad`` (self-supervised), or the teacher's cached embedding of x_i (distillation), so no
-gradient ever reaches the reference branch or the teacher.
+Reference: r_i = normalize(pool(f(x_i))) run in eval mode under ``torch.no_grad`` (self-supervised),
+or the teacher's cached embedding of x_i (distillation), so no gradient ever reaches the reference
+branch or the teacher.
 
 Queues. D1 and D2 are FIFO rings of the last K reference embeddings of views 1 and 2, kept as
 persistent buffers of the model: a checkpoint holds them and ``--resume`` restores them exactly. Each
@@ -250,7 +251,7 @@ class CrossViewModel(nn.Module):
     @property
     def width_map(self) -> nn.Linear | None:
         """The linear map to the reference width that starts the projector (None for mlp or equal widths)."""
-        first = self.projector[0] if len(self.projector) and not isinstance(self.projector, Projector) else None
+        first = next(iter(self.projector), None)  # an mlp Projector's children are blocks, never a bare Linear
         return first if isinstance(first, nn.Linear) else None
 
     def online(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
