@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 import torch
+from bench_panda import TASKS  # the same task table (and split specs) as the PANDA benchmark
 from torch import nn
 
 from plmkit import distributed
@@ -46,15 +47,13 @@ from plmkit.tasks import load_task
 from plmkit.textclf import TaskData, train_classifier
 from plmkit.trainer import TrainerConfig, seed_everything
 
-GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"  # benchmark data, never the product's
-TASKS = {"rotten-tomatoes": "rotten-tomatoes", "sst2": f"{GLUE}/sst2", "rt-subjectivity": "rt-subjectivity",
-         "stsb": f"{GLUE}/stsb"}
+TARGETS = "rotten-tomatoes,sst2,rt-subjectivity,stsb"
 
 
 def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", default="minilm-l6")
-    parser.add_argument("--targets", default=",".join(TASKS))
+    parser.add_argument("--targets", default=TARGETS, help=f"of {', '.join(TASKS)}")
     parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument("--train", type=int, default=200, help="target training rows")
     parser.add_argument("--eval", type=int, default=300, help="target validation/test rows")
