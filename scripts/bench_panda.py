@@ -37,6 +37,10 @@ TASKS = {"rotten-tomatoes": "rotten-tomatoes", "sst2": f"{GLUE}/sst2", "rt-subje
          "qnli": f"{GLUE}/qnli", "qqp": f"{GLUE}/qqp", "mnli": f"{GLUE}/mnli", "stsb": f"{GLUE}/stsb"}
 
 
+SETTINGS = ("backbone", "seeds", "train", "eval", "source_train", "epochs", "source_epochs", "prompt_length",
+            "max_length", "learning_rate", "student_init")  # what a measured pair depends on (--resume checks)
+
+
 def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", default="minilm-l6")
@@ -94,7 +98,12 @@ def main() -> None:
     pairs, validation = [], []
     done = {}
     if args.resume and Path(args.out).is_file():
-        done = {(r["target"], r["source"]): r for r in json.loads(Path(args.out).read_text())["pairs"]}
+        earlier = json.loads(Path(args.out).read_text())
+        differ = [k for k in SETTINGS if earlier["args"].get(k) != vars(args)[k]]
+        if differ:
+            raise SystemExit(f"--resume: {args.out} was measured with other {', '.join(differ)}; "
+                             "pass the same settings or another --out")
+        done = {(r["target"], r["source"]): r for r in earlier["pairs"]}
     for target in args.targets.split(","):
         earlier = [r for (t, _), r in done.items() if t == target]
         plain = earlier[0]["none"] if earlier else \
