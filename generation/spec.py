@@ -11,6 +11,7 @@ A spec is a small mapping (YAML or JSON file, or one of the built-ins ``sentimen
       positive: 'The movie review in positive sentiment for movie "{condition}" is: "'
     zero_shot: 'The movie review in {label} sentiment is: "{text}"'   # optional, for the baseline
     pair: false                                       # true: (condition, text) is a sentence pair
+    counter_labels: {negative: [positive]}            # optional, for self-debiasing (default: all others)
     filters: {min_words: 4}                           # see generation.filters.FilterConfig
 
 With a ``condition`` every label prompt must hold ``{condition}``; the zero-shot template must hold
@@ -81,6 +82,9 @@ class TaskSpec:
     """A sentence-pair task: the condition is the first text (premise), the output the second."""
     chat_template: bool = False
     """Wrap prompts in the generator's chat template (instruction-tuned models)."""
+    counter_labels: dict[str, list[str]] = field(default_factory=dict)
+    """Self-debiasing (``--self-debias``): label -> the labels whose prompts its samples should not
+    fit better than its own; a label not listed counters every other label."""
     filters: FilterConfig = field(default_factory=FilterConfig)
 
     def __post_init__(self) -> None:
@@ -96,6 +100,11 @@ class TaskSpec:
         unknown_words = sorted(set(self.label_words) - set(self.labels))
         if unknown_words:
             raise SpecError(f"spec {self.name!r}: label_words names unknown label(s) {unknown_words}")
+        for label, counters in self.counter_labels.items():
+            if label not in self.labels or not isinstance(counters, list) \
+                    or not set(counters) <= set(self.labels) - {label}:
+                raise SpecError(f"spec {self.name!r}: counter_labels[{label!r}] = {counters!r} must map a label to "
+                                f"a list of other labels (labels: {self.labels}); [] turns debiasing off for it")
         if self.pair and self.condition is None:
             raise SpecError(f"spec {self.name!r}: a pair task needs a 'condition' (the first sentence)")
         self._check_templates()
@@ -119,6 +128,12 @@ class TaskSpec:
 
     def prompt(self, label: str, condition: str | None) -> str:
         return self.prompts[label].format(condition=condition or "")
+
+    def counters(self, label: str) -> list[str]:
+        """The labels whose prompts ``label``'s samples are debiased against (self-debiasing)."""
+        if label in self.counter_labels:
+            return list(self.counter_labels[label])
+        return [other for other in self.labels if other != label]
 
     def label_word(self, label: str) -> str:
         return self.label_words.get(label, label)

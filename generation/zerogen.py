@@ -26,7 +26,7 @@ import math
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,11 @@ class GenerationConfig:
     """Prompts per chunk: the unit of resuming and of sharding across processes."""
     seed: int = 0
     """Fixes every sample, with the chunk index."""
+    self_debias: bool = False
+    """Self-debiasing: discourage each token that the prompts of the spec's counter labels (same
+    condition) make likelier than the sample's own prompt (one extra forward row per counter label)."""
+    debias_decay: float = 100.0
+    """Decay λ of self-debiasing: a token's probability is scaled by exp(λ·δ) where its lead δ is negative."""
 
     def __post_init__(self) -> None:
         for name in ("n", "samples_per_condition", "max_new_tokens", "chunk_size"):
@@ -73,6 +78,8 @@ class GenerationConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.seed < 0:
             raise ConfigError(f"--seed must be >= 0, got {self.seed}")
+        if not self.debias_decay > 0:
+            raise ConfigError(f"--debias-decay must be > 0 (100 is the usual value), got {self.debias_decay}")
         # the sampling fields are checked at the door by the one place that defines them
         SamplingConfig(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
                        top_k=self.top_k, seed=self.seed)
@@ -182,10 +189,32 @@ def _keep_finished(path: Path, finished: dict[int, tuple[Path, list[dict[str, An
     os.replace(tmp, path)
 
 
+def _with_defaults(manifest: dict[str, Any]) -> dict[str, Any]:
+    """A stored manifest with the settings added since it was written at their defaults (which
+    reproduce what was made before they existed), so that an older folder still resumes."""
+    manifest = dict(manifest)
+    if isinstance(manifest.get("generation"), dict):
+        manifest["generation"] = {**asdict(GenerationConfig()), **manifest["generation"]}
+    if isinstance(manifest.get("spec"), dict):
+        manifest["spec"] = {**_field_defaults(TaskSpec), **manifest["spec"]}
+    return manifest
+
+
+def _field_defaults(cls: type) -> dict[str, Any]:
+    """A dataclass's optional fields at their defaults, as ``asdict`` writes them."""
+    found = {}
+    for item in fields(cls):
+        if item.default is not MISSING:
+            found[item.name] = item.default
+        elif item.default_factory is not MISSING:
+            found[item.name] = item.default_factory()
+    return json.loads(json.dumps({k: asdict(v) if is_dataclass(v) else v for k, v in found.items()}))
+
+
 def _check_manifest(folder: Path, manifest: dict[str, Any]) -> None:
     path = folder / MANIFEST
     if path.is_file():
-        stored = json.loads(path.read_text(encoding="utf-8"))
+        stored = _with_defaults(json.loads(path.read_text(encoding="utf-8")))
         if stored != json.loads(json.dumps(manifest)):
             changed = sorted(k for k in set(stored) | set(manifest) if stored.get(k) != manifest.get(k))
             raise ResumeMismatchError(
@@ -234,10 +263,13 @@ def synthesise(backbone: Any, spec: TaskSpec, config: GenerationConfig, folder: 
 def _generate_chunk(backbone: Any, spec: TaskSpec, config: GenerationConfig, k: int,
                     units: list[tuple[int, str, str | None]], batch_size: int) -> list[dict[str, Any]]:
     prompts = [spec.prompt(label, condition) for _, label, condition in units]
+    counters = [[spec.prompt(other, condition) for other in spec.counters(label)]
+                for _, label, condition in units] if config.self_debias else None
     texts = generate(backbone, prompts, max_new_tokens=config.max_new_tokens,
                      num_return_sequences=config.samples_per_condition, batch_size=batch_size,
                      seed=chunk_seed(config.seed, k), chat_template=spec.chat_template,
-                     stop=stop_strings(spec.filters.cut_at_quote), **_sample_kwargs(config))
+                     stop=stop_strings(spec.filters.cut_at_quote), counter_prompts=counters,
+                     debias_decay=config.debias_decay, **_sample_kwargs(config))
     return [{"chunk": k, "unit": u, "sample": r, "label": label, "condition": condition, "raw": text}
             for (u, label, condition), samples in zip(units, texts, strict=True) for r, text in enumerate(samples)]
 

@@ -29,6 +29,20 @@ contains one of the strings (checked on the decoded text after every step, so a 
 several tokens counts); its returned text ends right after the first such string. Stopping
 changes nothing before the stop: with the stop strings a row's text is exactly the no-stop text
 cut after its first stop string (each row keeps its own uniforms and its own step count).
+
+Self-debiasing. With ``counter_prompts`` each prompt ``x_y`` (e.g. "sentence 2, which contradicts
+sentence 1") comes with prompts ``x_y'`` of other labels ("... which means the same"), and the
+token drawn for ``x_y`` is discouraged wherever a counter prompt makes it more likely:
+
+    p(w)  = softmax(z(w | x_y, prefix))            (temperature 1, the model's own probabilities)
+    δ(w)  = p(w) - max_y' p(w | x_y', prefix)      (every counter prompt reads the same prefix)
+    p~(w) ∝ α(δ(w)) · p(w),   α(δ) = 1 if δ >= 0 else exp(λ·δ)
+
+with decay ``λ = debias_decay``. The temperature, top-k and nucleus cut then apply to ``log p~``
+exactly as to logits. Counter rows share their prompt's drawn tokens, run in the same batch with
+their own KV-cache entries and leave it with their prompt, so a prompt with ``k`` counter prompts
+costs ``1 + k`` rows of compute (``batch_size`` still counts only generated sequences). A prompt
+with no counter prompts is sampled exactly as without self-debiasing.
 """
 
 from __future__ import annotations
@@ -103,6 +117,26 @@ def sample_tokens(scores: torch.Tensor, uniforms: torch.Tensor, config: Sampling
     return order.gather(-1, pick).squeeze(-1)
 
 
+def self_debiased_scores(logits: torch.Tensor, counter_logits: torch.Tensor, owner: torch.Tensor,
+                         decay: float) -> torch.Tensor:
+    """Scores ``log(α(δ)·p)`` of the module docstring, for the rows that own a counter row.
+
+    ``logits`` (rows, vocab) of the prompts being sampled, ``counter_logits`` (counters, vocab) of
+    the counter prompts, ``owner`` (counters,) the row each counter belongs to. Rows that own no
+    counter keep their logits as they are (float64), so they sample exactly as without debiasing.
+    """
+    scores = logits.double()  # (rows, vocab)
+    probs = torch.softmax(scores, dim=-1)
+    counter_probs = torch.softmax(counter_logits.double(), dim=-1)  # (counters, vocab)
+    worst = torch.full_like(probs, float("-inf")).scatter_reduce_(
+        0, owner.unsqueeze(-1).expand_as(counter_probs), counter_probs, "amax")  # (rows, vocab) max over counters
+    delta = probs - worst  # +inf where a row has no counter
+    debiased = probs.log() + torch.where(delta < 0, decay * delta, torch.zeros_like(delta))
+    has = torch.zeros(len(scores), dtype=torch.bool, device=scores.device)
+    has[owner] = True
+    return torch.where(has.unsqueeze(-1), debiased, scores)
+
+
 def stop_index(text: str, stop: Sequence[str]) -> int | None:
     """Where ``text`` ends if cut after its first stop string (leading whitespace skipped); None: no stop."""
     lead = len(text) - len(text.lstrip())
@@ -132,6 +166,26 @@ def _check_prompts(prompts: Any) -> list[str]:
     return list(prompts)
 
 
+def _check_counters(counter_prompts: Any, count: int, decay: float) -> list[list[str]]:
+    """One list of counter prompts per prompt (empty lists without self-debiasing)."""
+    if counter_prompts is None:
+        return [[] for _ in range(count)]
+    if isinstance(counter_prompts, str) or not isinstance(counter_prompts, Sequence) \
+            or len(counter_prompts) != count:
+        raise ConfigError(f"counter_prompts must hold one list of prompts per prompt ({count}), "
+                          f"got {counter_prompts!r:.80}")
+    if not decay > 0:
+        raise ConfigError(f"debias_decay must be > 0 (the paper's value is 100), got {decay}")
+    checked = []
+    for i, extra in enumerate(counter_prompts):
+        if isinstance(extra, str) or not isinstance(extra, Sequence) \
+                or not all(isinstance(c, str) and c.strip() for c in extra):
+            raise ConfigError(f"counter_prompts[{i}] must be a list of non-blank strings "
+                              f"(wrap a single prompt in a list), got {extra!r:.80}")
+        checked.append(list(extra))
+    return checked
+
+
 def _prompt_texts(tokenizer: Any, prompts: list[str], chat_template: bool) -> list[str]:
     """Each prompt as the model reads it; with ``chat_template`` a user turn plus the assistant cue."""
     if not chat_template:
@@ -151,35 +205,45 @@ def _eos_ids(tokenizer: Any, model: Any) -> set[int]:
 
 
 def _generate_batch(backbone: Any, rows: list[tuple[str, int, int]], config: SamplingConfig,
-                    add_special_tokens: bool, stop: list[str]) -> list[str]:
+                    add_special_tokens: bool, stop: list[str], counters: list[list[str]] | None = None,
+                    decay: float = 0.0) -> list[str]:
     """Generate one batch of (text, prompt index, sample index) rows; the new text of each.
 
     A KV-cache decoding loop: step 0 reads the left-padded prompts (positions count real tokens
     only, ``cumsum(mask) - 1``), every later step one new token per live row. A row that draws an
     end-of-sequence token or completes a stop string leaves the batch: its entries of the cache,
     mask and positions are dropped, so the next steps compute only the rows still running.
+
+    ``counters[j]``: row ``j``'s counter prompts (self-debiasing). The forward batch holds the live
+    rows first, in order, then every live row's counter rows, which are fed their row's tokens.
     """
     from transformers import DynamicCache
 
     model, tokenizer = backbone.model, backbone.tokenizer
-    batch = tokenizer([text for text, _, _ in rows], return_tensors="pt", padding=True,
-                      add_special_tokens=add_special_tokens)
+    counters = counters or [[] for _ in rows]
+    texts = [text for text, _, _ in rows] + [c for extra in counters for c in extra]
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=add_special_tokens)
     device = next(model.parameters()).device
-    step_ids = batch["input_ids"].to(device)  # (rows, width), then (live, 1)
-    mask = batch["attention_mask"].to(device)  # (live, width + step)
-    positions = (mask.long().cumsum(-1) - 1).clamp_min(0)  # (rows, width), then (live, 1)
+    step_ids = batch["input_ids"].to(device)  # (forward rows, width), then (forward rows, 1)
+    mask = batch["attention_mask"].to(device)  # (forward rows, width + step)
+    positions = (mask.long().cumsum(-1) - 1).clamp_min(0)  # (forward rows, width), then (forward rows, 1)
     uniforms = torch.stack([row_uniforms(config.seed, i, r, config.max_new_tokens) for _, i, r in rows])
     live = torch.arange(len(rows))  # (live,) each live row's index in ``rows``
+    owner = torch.tensor([j for j, extra in enumerate(counters) for _ in extra], dtype=torch.long)
+    # owner: (counter rows,) position in ``live`` of each counter row's row
     eos, new = _eos_ids(tokenizer, model), [[] for _ in rows]
     cache = DynamicCache(config=model.config)
     accepts = inspect.signature(model.forward).parameters
-    extra = {"cache" if "cache" in accepts else "past_key_values": cache, "use_cache": True}
+    extra_args = {"cache" if "cache" in accepts else "past_key_values": cache, "use_cache": True}
     if "logits_to_keep" in accepts:
-        extra["logits_to_keep"] = 1
+        extra_args["logits_to_keep"] = 1
     for step in range(config.max_new_tokens):
         logits = model(input_ids=step_ids, attention_mask=mask, position_ids=positions,
-                       **extra).logits[:, -1].float()  # (live, vocab)
-        tokens = sample_tokens(logits, uniforms[live, step], config)  # (live,)
+                       **extra_args).logits[:, -1].float()  # (forward rows, vocab)
+        scores = logits[:len(live)]  # (live, vocab)
+        if len(owner):
+            scores = self_debiased_scores(scores, logits[len(live):], owner.to(device), decay)
+        tokens = sample_tokens(scores, uniforms[live, step], config)  # (live,)
         running = []
         for row, token in zip(live.tolist(), tokens.tolist(), strict=True):
             if token in eos:
@@ -191,36 +255,43 @@ def _generate_batch(backbone: Any, rows: list[tuple[str, int, int]], config: Sam
         if step == config.max_new_tokens - 1 or not keep.any():
             break
         if not keep.all():
-            index = keep.nonzero().flatten()  # (still live,)
+            index = torch.cat([keep, keep[owner]]).nonzero().flatten()  # (still live forward rows,)
             on_device = index.to(device)
             cache.batch_select_indices(on_device)
-            live, tokens, mask, positions = live[index], tokens[on_device], mask[on_device], positions[on_device]
-        mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
+            mask, positions = mask[on_device], positions[on_device]
+            owner = (keep.long().cumsum(0) - 1)[owner[keep[owner]]]  # positions among the rows kept
+            live, tokens = live[keep], tokens[keep.to(tokens.device)]
+        mask = torch.cat([mask, mask.new_ones(len(mask), 1)], dim=1)
         positions = positions[:, -1:] + 1
-        step_ids = tokens.unsqueeze(-1)
-    texts = tokenizer.batch_decode(new, skip_special_tokens=True)
-    return [text[:stop_index(text, stop)] for text in texts]  # [:None] keeps a row with no stop whole
+        step_ids = torch.cat([tokens, tokens[owner.to(tokens.device)]]).unsqueeze(-1)
+    decoded = tokenizer.batch_decode(new, skip_special_tokens=True)
+    return [text[:stop_index(text, stop)] for text in decoded]  # [:None] keeps a row with no stop whole
 
 
 def generate(backbone: Any, prompts: Sequence[str], max_new_tokens: int = 40, temperature: float = 1.0,
              top_p: float = 0.9, top_k: int = 0, num_return_sequences: int = 1, batch_size: int = 32,
-             seed: int = 0, chat_template: bool = False, stop: str | Sequence[str] | None = None) -> list[list[str]]:
+             seed: int = 0, chat_template: bool = False, stop: str | Sequence[str] | None = None,
+             counter_prompts: Sequence[Sequence[str]] | None = None, debias_decay: float = 100.0) -> list[list[str]]:
     """For each prompt, ``num_return_sequences`` continuations (new text only), in input order.
 
     ``backbone`` is a causal-LM :class:`plmkit.backbones.Backbone` (``load_causal_lm``,
     ``tiny_causal_lm``). ``batch_size`` counts generated sequences per batch (stopped ones leave
-    it). ``stop``: a string or strings that end a row early (kept at the end of its text). See
-    the module docstring for what the seed and the stop strings guarantee.
+    it). ``stop``: a string or strings that end a row early (kept at the end of its text).
+    ``counter_prompts[i]``: prompts (maybe none) whose likely tokens prompt ``i``'s samples avoid,
+    with decay ``debias_decay`` (self-debiasing). See the module docstring for what the seed, the
+    stop strings and self-debiasing do.
     """
     config = SamplingConfig(max_new_tokens, temperature, top_p, top_k, num_return_sequences, seed)
     prompts = _check_prompts(prompts)
     stops = _check_stop(stop)
+    counters = _check_counters(counter_prompts, len(prompts), debias_decay)
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     tokenizer, model = backbone.tokenizer, backbone.model
     if tokenizer.pad_token_id is None:
         raise ConfigError("the tokenizer has no pad token; load the model with plmkit.backbones.load_causal_lm")
     texts = _prompt_texts(tokenizer, prompts, chat_template)
+    counter_texts = [_prompt_texts(tokenizer, extra, chat_template) for extra in counters]
     lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=not chat_template)["input_ids"]]
     rows = sorted(((texts[i], i, r) for i in range(len(texts)) for r in range(num_return_sequences)),
                   key=lambda row: (-lengths[row[1]], row[1], row[2]))
@@ -232,8 +303,9 @@ def generate(backbone: Any, prompts: Sequence[str], max_new_tokens: int = 40, te
         with torch.no_grad():
             for start in range(0, len(rows), batch_size):
                 chunk = rows[start:start + batch_size]
-                for (_, i, r), text in zip(chunk, _generate_batch(backbone, chunk, config, not chat_template, stops),
-                                           strict=True):
+                extra = [counter_texts[i] for _, i, _ in chunk]
+                for (_, i, r), text in zip(chunk, _generate_batch(backbone, chunk, config, not chat_template, stops,
+                                                                  extra, debias_decay), strict=True):
                     results[i][r] = text
     finally:
         tokenizer.padding_side = side

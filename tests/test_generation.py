@@ -98,10 +98,20 @@ def test_builtin_specs_use_the_real_tasks_label_order():
     ({"colour": "red"}, r"unknown field\(s\) \['colour'\]"),
     ({"filters": {"min_word": 3}}, r"unknown filter\(s\)"),
     ({"pair": True, "condition": None}, "pair task needs a 'condition'"),
+    ({"counter_labels": {"negative": ["negative"]}}, r"counter_labels\['negative'\]"),
+    ({"counter_labels": {"negative": ["neutral"]}}, "list of other labels"),
+    ({"counter_labels": {"neutral": []}}, r"counter_labels\['neutral'\]"),
 ])
 def test_bad_specs_name_the_problem(change, message):
     with pytest.raises(SpecError, match=message):
         load_spec({**SPEC, **change})
+
+
+def test_counter_labels_default_to_every_other_label():
+    nli = load_spec("nli")
+    assert nli.counters("neutral") == ["entailment", "contradiction"]
+    custom = load_spec({**SPEC, "counter_labels": {"negative": []}})
+    assert custom.counters("negative") == [] and custom.counters("positive") == ["negative"]
 
 
 def test_specs_load_from_yaml_and_json_files(tmp_path):

@@ -94,6 +94,41 @@ def test_resuming_with_other_settings_is_refused(make_decoder, tmp_path):
         synthesise(backbone, spec, GenerationConfig(**{**CONFIG.__dict__, "top_p": 0.5}), tmp_path, progress=False)
 
 
+def test_self_debiasing_passes_each_sample_the_same_conditions_counter_prompts(make_decoder, tmp_path, whole):
+    backbone, spec = make_decoder("llama"), load_spec({**SPEC, "counter_labels": {"positive": []}})
+    config = GenerationConfig(**{**CONFIG.__dict__, "self_debias": True, "debias_decay": 50.0})
+    synthesise(backbone, spec, config, tmp_path, batch_size=8, progress=False)
+    rows = list(iter_raw(tmp_path))
+    assert json.loads((tmp_path / "generation.json").read_text())["generation"]["self_debias"] is True
+    conditions = [json.loads(line)["condition"] for line in (tmp_path / "conditions.jsonl").open()]
+    units = [(label, condition) for condition in conditions for label in spec.labels]
+    for k in (0, 3):  # chunk k: units 2k, 2k + 1, each 2 samples, seeded by the chunk
+        chunk = units[2 * k:2 * k + 2]
+        direct = generate(backbone, [spec.prompt(label, c) for label, c in chunk], max_new_tokens=5,
+                          num_return_sequences=2, seed=zerogen.chunk_seed(1, k), stop=stop_strings(True),
+                          counter_prompts=[[spec.prompt("positive", c)] if label == "negative" else []
+                                           for label, c in chunk], debias_decay=50.0)
+        assert [r["raw"] for r in rows if r["chunk"] == k] == [text for texts in direct for text in texts]
+    negatives = [(a["raw"], b["raw"]) for a, b in zip(rows, whole, strict=True) if a["label"] == "negative"]
+    assert sum(a != b for a, b in negatives) >= 3  # debiasing changed the negative samples
+    assert [r["raw"] for r in rows if r["label"] == "positive"] == [r["raw"] for r in whole if r["label"] == "positive"]
+
+
+def test_a_folder_written_before_a_setting_existed_still_resumes(make_decoder, tmp_path, whole):
+    backbone, spec = make_decoder("llama"), load_spec(SPEC)
+    synthesise(backbone, spec, CONFIG, tmp_path, batch_size=8, progress=False, max_chunks=2)
+    manifest = json.loads((tmp_path / "generation.json").read_text())
+    for key in ("self_debias", "debias_decay"):
+        del manifest["generation"][key]
+    del manifest["spec"]["counter_labels"]
+    (tmp_path / "generation.json").write_text(json.dumps(manifest))
+    assert synthesise(backbone, spec, CONFIG, tmp_path, batch_size=8, progress=False)["chunks_made"] == 4
+    assert list(iter_raw(tmp_path)) == whole
+    with pytest.raises(ResumeMismatchError, match="generation"):
+        synthesise(backbone, spec, GenerationConfig(**{**CONFIG.__dict__, "self_debias": True}), tmp_path,
+                   progress=False)
+
+
 def test_ranks_share_the_chunks_and_together_make_the_single_process_set(make_decoder, tmp_path, monkeypatch,
                                                                            whole):
     backbone, spec = make_decoder("llama"), load_spec(SPEC)
