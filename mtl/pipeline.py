@@ -330,6 +330,8 @@ def summarise(outcomes: list[dict[str, Any]], metric: str, baseline: str | None 
 def run_transfer(setup: TransferSetup, base: TrainerConfig, run: RunFolder) -> dict[str, Any]:
     started = time.perf_counter()
     methods, seeds = setup.methods(), setup.seed_list()
+    for method in methods:  # each method's own flags are checked before anything loads
+        setup.method_config(method)
     backbone = load_encoder(setup.backbone)
     train_limit, eval_limit = setup.limits(source=False)
     target = setup.load(setup.target, max_train_samples=train_limit or 0, max_eval_samples=eval_limit or 0)

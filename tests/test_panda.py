@@ -167,10 +167,15 @@ def test_late_fusion_distils_from_one_teacher_per_source_weighted_by_beta_over_k
     assert not (single / "teachers").exists()
 
 
-def test_a_bad_fusion_is_refused_naming_the_choices(tmp_path, tiny_backbone_dir, capsys):
+def test_a_bad_fusion_is_refused_naming_the_choices_before_anything_loads(tmp_path, tiny_backbone_dir, capsys,
+                                                                           monkeypatch):
     with pytest.raises(ConfigError, match="--panda-fusion must be one of \\('early', 'late'\\), got 'middle'"):
         PandaConfig(fusion="middle")
     args = _late_fusion_args(tmp_path, tiny_backbone_dir, str(_write_task(tmp_path / "src_a")), tmp_path / "run")
     args[args.index("late")] = "middle"
+    from plmkit.mtl import pipeline
+
+    loaded = []
+    monkeypatch.setattr(pipeline, "load_encoder", lambda *a, **k: loaded.append(a) or pytest.fail("loaded"))
     assert main(args) == 2
-    assert "'early', 'late'" in capsys.readouterr().err
+    assert "'early', 'late'" in capsys.readouterr().err and not loaded
