@@ -167,7 +167,8 @@ def _dense(dense: nn.Module, setup: ODESetup, data: TaskData, trainer: TrainerCo
     settings, in its safetensors metadata); a file made with anything else is refused, not reused.
     """
     cache = Path(setup.dense_cache) if setup.dense_cache else None
-    made_with = {"backbone": backbone, "task": data.task.describe(), "max_length": setup.max_length,
+    made_with = {"backbone": backbone, "task": data.task.describe(), "rows": data.task.fingerprint(),
+                 "max_length": setup.max_length,
                  "pooling": setup.pooling, "data_seed": setup.data_seed, "epochs": epochs,
                  "learning_rate": trainer.learning_rate, "batch_size": trainer.batch_size, "seed": trainer.seed}
     if cache is not None and cache.is_file():

@@ -65,3 +65,11 @@ def test_dense_cache_is_reused_only_for_the_settings_it_was_made_with(tmp_path, 
                 other.get("trainer", trainer), run, other.get("epochs", 1), other.get("backbone", "tiny")]
         with pytest.raises(ConfigError, match="dense-cache"):
             _dense(*args)
+    # the same sizes and settings, but one training text changed: the rows' fingerprint differs
+    changed = data.task.train.map(lambda row, i: {"text": row["text"] + " x" if i == 0 else row["text"]},
+                                  with_indices=True)
+    other_task = replace(data.task, train=changed)
+    assert other_task.describe() == data.task.describe()
+    with pytest.raises(ConfigError, match="rows"):
+        _dense(build_classifier(make_encoder("bert").model, 2), setup, TaskData(other_task, backbone.tokenizer, 16),
+               trainer, run, 1, "tiny")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import hashlib
+import json
 import lzma
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -55,6 +57,18 @@ class Task:
     @property
     def num_labels(self) -> int:
         return 1 if self.label_names is None else len(self.label_names)
+
+    def fingerprint(self) -> str:
+        """sha256 of every split's rows (the text and label columns, in order): two tasks with the
+        same sizes and settings but other rows get other fingerprints (caches keyed by a task)."""
+        digest = hashlib.sha256()
+        columns = [*self.text_fields, self.label_field]
+        for split in SPLITS:
+            data = getattr(self, split)
+            digest.update(f"{split}:{len(data)}\n".encode())
+            for name in columns:
+                digest.update(json.dumps(list(data[name]), ensure_ascii=False).encode())
+        return digest.hexdigest()
 
     def describe(self) -> dict[str, Any]:
         """JSON-able summary to store next to a run's results."""
