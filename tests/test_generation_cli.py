@@ -111,3 +111,15 @@ def test_consistency_is_refused_for_a_set_written_earlier():
 
     with pytest.raises(ConfigError, match="--consistency filters samples when the synthetic set is written"):
         GenerateSetup(synthetic="runs/old/generation/synthetic", consistency=True)
+
+
+def test_self_debias_flags_reach_the_generator(setup_files):
+    root = setup_files
+    assert main(_args(root, root / "plain", "--no-zero-shot", "--no-supervised")) == 0
+    assert main(_args(root, root / "debiased", "--self-debias", "--debias-decay", "50",
+                      "--no-zero-shot", "--no-supervised")) == 0
+    manifest = json.loads((root / "debiased" / "generation" / "generation.json").read_text())
+    assert manifest["generation"]["self_debias"] is True and manifest["generation"]["debias_decay"] == 50.0
+    raw = {name: [json.loads(line)["raw"] for line in (root / name / "generation" / "raw.rank0.jsonl").open()]
+           for name in ("plain", "debiased")}
+    assert len(raw["plain"]) == len(raw["debiased"]) == 16 and raw["plain"] != raw["debiased"]
