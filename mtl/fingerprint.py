@@ -1,10 +1,10 @@
-"""Content fingerprints for store keys: the data a module was trained on and the backbone weights.
+"""Content fingerprints for store keys: the backbone weights (the data's is the core's ``Task.fingerprint``).
 
 A store key built from paths and settings alone would reuse a stale module after a data file or a
 local backbone's weights were rewritten in place. These fingerprints hash what was actually used:
 
-- data: the rows of every split *after* splitting and subsampling (column names, then each column
-  as JSON), so a changed file, seed or sample limit changes the key;
+- data: ``Task.fingerprint()``, the rows of every split *after* splitting and subsampling, so a
+  changed file, seed or sample limit changes the key;
 - backbone: the weight files of the folder the model was loaded from (sha256 of each file, cached
   by path + size + mtime, in memory and in an optional JSON cache file, so a large checkpoint is
   read once); a model with no folder on disk (a tiny in-memory model, a hub id) hashes its state dict.
@@ -16,7 +16,6 @@ import hashlib
 import json
 import threading
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -26,16 +25,6 @@ from plmkit.io import atomic_write_json, sha256_file
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf")
 _memory_cache: dict[str, str] = {}
 _cache_lock = threading.Lock()
-
-
-def data_fingerprint(task: Any) -> str:
-    """sha256 over the rows of the train / validation / test splits as they will be used."""
-    digest = hashlib.sha256()
-    for split in ("train", "validation", "test"):
-        dataset = getattr(task, split)
-        rows = dataset.with_format(None)[:] if len(dataset) else {}
-        digest.update(json.dumps({"split": split, "rows": rows}, sort_keys=True, default=str).encode())
-    return digest.hexdigest()
 
 
 def file_fingerprint(path: Path, cache_file: Path | None = None) -> str:

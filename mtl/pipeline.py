@@ -25,7 +25,7 @@ from plmkit.jobs import DataArgs
 from plmkit.memory import peak_memory_mb, reset_peak_memory
 from plmkit.models import build_classifier
 from plmkit.mtl.adapters import KIND, AdapterConfig
-from plmkit.mtl.fingerprint import backbone_fingerprint, data_fingerprint
+from plmkit.mtl.fingerprint import backbone_fingerprint
 from plmkit.mtl.registry import source_kind, transfer_method, transfer_methods
 from plmkit.mtl.stage1 import WEAK_MARGIN, source_quality, train_source
 from plmkit.mtl.store import AdapterStore, store_key
@@ -200,7 +200,7 @@ def prepare_source(backbone: Backbone, task_spec: str, setup: TransferSetup, bas
         train_limit, eval_limit = setup.limits(source=True)
         task = load_task(task_spec, seed=setup.data_seed, max_train_samples=train_limit,
                          max_eval_samples=eval_limit)
-    settings = {**source_settings(setup, base, is_target), "config": asdict(config), "data": data_fingerprint(task),
+    settings = {**source_settings(setup, base, is_target), "config": asdict(config), "data": task.fingerprint(),
                 "weights": backbone_fingerprint(backbone.model, store.root / ".fingerprints.json")}
     key = store_key(backbone.signature(), task_spec, settings, kind=kind)
     trainer = replace(base, epochs=settings["epochs"], max_steps=None, learning_rate=setup.source_learning_rate,

@@ -59,15 +59,14 @@ class Task:
         return 1 if self.label_names is None else len(self.label_names)
 
     def fingerprint(self) -> str:
-        """sha256 of every split's rows (the text and label columns, in order): two tasks with the
-        same sizes and settings but other rows get other fingerprints (caches keyed by a task)."""
+        """sha256 over the rows of every split as they will be used (after splitting and
+        subsampling; every column): other rows, even at the same sizes and settings, give another
+        fingerprint. Caches and store keys built from a task include it."""
         digest = hashlib.sha256()
-        columns = [*self.text_fields, self.label_field]
         for split in SPLITS:
-            data = getattr(self, split)
-            digest.update(f"{split}:{len(data)}\n".encode())
-            for name in columns:
-                digest.update(json.dumps(list(data[name]), ensure_ascii=False).encode())
+            dataset = getattr(self, split)
+            rows = dataset.with_format(None)[:] if len(dataset) else {}
+            digest.update(json.dumps({"split": split, "rows": rows}, sort_keys=True, default=str).encode())
         return digest.hexdigest()
 
     def describe(self) -> dict[str, Any]:
