@@ -193,10 +193,9 @@ def _with_defaults(manifest: dict[str, Any]) -> dict[str, Any]:
     """A stored manifest with the settings added since it was written at their defaults (which
     reproduce what was made before they existed), so that an older folder still resumes."""
     manifest = dict(manifest)
-    if isinstance(manifest.get("generation"), dict):
-        manifest["generation"] = {**asdict(GenerationConfig()), **manifest["generation"]}
-    if isinstance(manifest.get("spec"), dict):
-        manifest["spec"] = {**_field_defaults(TaskSpec), **manifest["spec"]}
+    for key, cls in (("generation", GenerationConfig), ("spec", TaskSpec)):
+        if isinstance(manifest.get(key), dict):
+            manifest[key] = {**_field_defaults(cls), **manifest[key]}
     return manifest
 
 
