@@ -102,7 +102,7 @@ class TaskSpec:
             raise SpecError(f"spec {self.name!r}: label_words names unknown label(s) {unknown_words}")
         for label, counters in self.counter_labels.items():
             if label not in self.labels or not isinstance(counters, list) \
-                    or not set(counters) <= set(self.labels) - {label}:
+                    or not all(isinstance(c, str) for c in counters) or not set(counters) <= set(self.labels) - {label}:
                 raise SpecError(f"spec {self.name!r}: counter_labels[{label!r}] = {counters!r} must map a label to "
                                 f"a list of other labels (labels: {self.labels}); [] turns debiasing off for it")
         if self.pair and self.condition is None:

@@ -101,6 +101,7 @@ def test_builtin_specs_use_the_real_tasks_label_order():
     ({"counter_labels": {"negative": ["negative"]}}, r"counter_labels\['negative'\]"),
     ({"counter_labels": {"negative": ["neutral"]}}, "list of other labels"),
     ({"counter_labels": {"neutral": []}}, r"counter_labels\['neutral'\]"),
+    ({"counter_labels": {"negative": [["positive"]]}}, "list of other labels"),
 ])
 def test_bad_specs_name_the_problem(change, message):
     with pytest.raises(SpecError, match=message):
