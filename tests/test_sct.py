@@ -30,7 +30,13 @@ from plmkit.compress.sct_train import (
 )
 from plmkit.distributed import all_gather
 from plmkit.errors import ConfigError
-from plmkit.losses.cross_view import CrossViewLoss, cross_view_kl, in_batch_contrastive, queue_kl
+from plmkit.losses.cross_view import (
+    CrossViewLoss,
+    EmbeddingMSELoss,
+    cross_view_kl,
+    in_batch_contrastive,
+    queue_kl,
+)
 
 
 def _unit(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -89,6 +95,23 @@ def test_in_batch_contrastive_matches_cross_entropy_by_hand():
     logits = [[20.0 * float(a[i] @ b[j]) for j in range(4)] for i in range(4)]
     hand = sum(math.log(sum(math.exp(x) for x in row)) - row[i] for i, row in enumerate(logits)) / 4
     assert in_batch_contrastive(a, b).item() == pytest.approx(hand, rel=1e-5)
+
+
+def test_embedding_mse_compares_unit_vectors_by_hand():
+    student = torch.tensor([[3.0, 4.0], [0.0, -2.0]])
+    teacher = torch.tensor([[1.0, 0.0], [0.0, 1.0]])  # unit length, as cached
+    batch = {"view": {"x": student}, "teacher": teacher}
+
+    def model(x):
+        return x
+
+    # normalised student rows (0.6, 0.8) and (0, -1): squared errors 0.16 + 0.64 and 0 + 4, over 4 entries
+    assert EmbeddingMSELoss()(model, batch).item() == pytest.approx((0.16 + 0.64 + 4.0) / 4)
+    # the loss ignores the student's norm; without normalisation the norm dominates
+    scaled = {"view": {"x": 10 * student}, "teacher": teacher}
+    assert EmbeddingMSELoss()(model, scaled).item() == pytest.approx(EmbeddingMSELoss()(model, batch).item())
+    raw = ((student - teacher) ** 2).mean().item()
+    assert EmbeddingMSELoss(normalize=False)(model, batch).item() == pytest.approx(raw)
 
 
 def test_queue_is_fifo_with_fixed_size():
