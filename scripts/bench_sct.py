@@ -4,10 +4,12 @@ Rows: the raw 6-layer MiniLM, the raw student (MiniLM cut to its first ``--layer
 student after each method, all trained on the same unlabelled sentences with the same trainer settings
 (steps, batch, learning rate). Evaluation: Spearman x100 of cosine similarity on
 ``../shared/data/sts/stsb_test.jsonl`` (never trained on). Training sentences: the first sentence of each
-GLUE STS-B training pair (labels unused), subsampled with ``--train-samples`` for CPU runs. Also reports
-training time, sentences/s and encoder parameter counts.
+GLUE STS-B training pair (``--sentences first``) or every distinct sentence of both columns
+(``--sentences all``, 10,536), labels unused, subsampled with ``--train-samples`` for CPU runs. Also
+reports training time, sentences/s and encoder parameter counts.
 
     python scripts/bench_sct.py --train-samples 1500 --epochs 2
+    python scripts/bench_sct.py --sentences all --train-samples 0 --teacher minilm-l6 --projector linear
     python scripts/bench_sct.py --projector mlp --no-align-teacher-map   # the paper's random projector
 
 Runs ``plmkit embed`` (the CLI) into ``--run-dir``, then prints a table and writes JSON (``--out``).
@@ -28,6 +30,8 @@ SHARED = ROOT.parent / "shared" / "data"
 def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train-samples", type=int, default=2000, help="training sentences (0: all)")
+    parser.add_argument("--sentences", choices=("first", "all"), default="first",
+                        help="first: text_a of each STS-B training pair; all: every distinct sentence of both columns")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
@@ -38,6 +42,9 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--projector", default="residual", help="SCT online projector: residual, mlp or linear")
     parser.add_argument("--align-teacher-map", action=argparse.BooleanOptionalAction, default=True,
                         help="start the student->teacher width maps (sct-distill, mse) from a ridge regression")
+    parser.add_argument("--temperature", type=float, default=None, help="SCT online temperature (none: paper's)")
+    parser.add_argument("--reference-temperature", type=float, default=None,
+                        help="SCT reference temperature (none: the paper's)")
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--run-dir", default=str(ROOT / "runs" / "bench_sct"))
     parser.add_argument("--out", default=str(ROOT / "scripts" / "results" / "bench_sct.json"))
@@ -57,6 +64,19 @@ def full_minilm_score(test: Path, max_length: int) -> dict:
             "eval_s": time.perf_counter() - started}
 
 
+def distinct_sentences(pairs: Path, out: Path) -> Path:
+    """Write every distinct sentence of both columns of the STS-B pairs, in order of appearance, to ``out``."""
+    seen: dict[str, None] = {}
+    for line in pairs.read_text().splitlines():
+        row = json.loads(line)
+        for key in ("text_a", "text_b"):
+            seen.setdefault(row[key].strip(), None)
+    seen.pop("", None)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(seen) + "\n")
+    return out
+
+
 def main() -> int:
     args = parse()
     from plmkit.cli import main as plmkit_main
@@ -65,8 +85,14 @@ def main() -> int:
 
     test = SHARED / "sts" / "stsb_test.jsonl"
     train = SHARED / "glue" / "stsb" / "train.jsonl"
+    data = ["--data", str(train), "--text-fields", "text_a"]
+    if args.sentences == "all":
+        data = ["--data", str(distinct_sentences(train, Path(args.run_dir + "_sentences.txt")))]
+    temperatures = [flag for name, value in (("--temperature", args.temperature),
+                                             ("--reference-temperature", args.reference_temperature))
+                    if value is not None for flag in (name, str(value))]
     argv = ["embed", "--model", "minilm-l6", "--layers", args.layers, "--teacher", args.teacher,
-            "--data", str(train), "--text-fields", "text_a", "--eval", str(test), "--methods", args.methods,
+            *data, *temperatures, "--eval", str(test), "--methods", args.methods,
             "--max-train-samples", str(args.train_samples), "--epochs", str(args.epochs),
             "--batch-size", str(args.batch_size), "--learning-rate", str(args.learning_rate),
             "--augment", args.augment, "--projector", args.projector,
