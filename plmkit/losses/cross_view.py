@@ -21,7 +21,7 @@ the same batch twice (dropout differs), cross-entropy of scale * cos(a_i, b_j) o
 MSE distillation baseline. mean_(batch, dim) (normalize(W e_s) - e_t)^2: the student's pooled embedding,
 mapped to the teacher's dimension when they differ and L2-normalised, against the teacher's (L2-normalised)
 embedding of the same sentence. Without the normalisation the loss is dominated by the norm: a student
-whose raw embeddings are ~5x longer than the unit-length targets is first driven to shrink them, which
+whose raw embeddings are ~7x longer than the unit-length targets is first driven to shrink them, which
 wrecks the encoder (a 3-layer MiniLM cut fell from 55.9 to 15.1 STS-B Spearman when distilled from the
 normalised full MiniLM that way, docs/sct.md), while cosine is all the embeddings are scored by.
 """
