@@ -98,7 +98,7 @@ def encoder_parameters(encoder: nn.Module) -> int:
 def _sentences(setup: EmbedSetup) -> tuple[list[str], dict[str, Any]]:
     from plmkit.tasks import load_sentences
 
-    corpus = load_sentences(setup.data, text_field=setup.fields()[0] if setup.fields() else None)
+    corpus = load_sentences(setup.data, text_field=setup.fields())  # every named column, row by row
     sentences = list(dict.fromkeys(corpus.sentences))
     if setup.max_train_samples and len(sentences) > setup.max_train_samples:
         sentences = random.Random(setup.data_seed).sample(sentences, setup.max_train_samples)

@@ -64,19 +64,6 @@ def full_minilm_score(test: Path, max_length: int) -> dict:
             "eval_s": time.perf_counter() - started}
 
 
-def distinct_sentences(pairs: Path, out: Path) -> Path:
-    """Write every distinct sentence of both columns of the STS-B pairs, in order of appearance, to ``out``."""
-    seen: dict[str, None] = {}
-    for line in pairs.read_text().splitlines():
-        row = json.loads(line)
-        for key in ("text_a", "text_b"):
-            seen.setdefault(row[key].strip(), None)
-    seen.pop("", None)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(seen) + "\n")
-    return out
-
-
 def main() -> int:
     args = parse()
     from plmkit.cli import main as plmkit_main
@@ -85,9 +72,8 @@ def main() -> int:
 
     test = SHARED / "sts" / "stsb_test.jsonl"
     train = SHARED / "glue" / "stsb" / "train.jsonl"
-    data = ["--data", str(train), "--text-fields", "text_a"]
-    if args.sentences == "all":
-        data = ["--data", str(distinct_sentences(train, Path(args.run_dir + "_sentences.txt")))]
+    # all: both sentences of every row, row by row; the job keeps each distinct sentence once
+    data = ["--data", str(train), "--text-fields", "text_a,text_b" if args.sentences == "all" else "text_a"]
     temperatures = [flag for name, value in (("--temperature", args.temperature),
                                              ("--reference-temperature", args.reference_temperature))
                     if value is not None for flag in (name, str(value))]

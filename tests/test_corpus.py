@@ -45,6 +45,25 @@ def test_txt_gz_and_table_columns(tmp_path):
     assert len(load_sentences(tmp_path / "t.parquet")) == 2
 
 
+def test_several_text_columns_give_every_cell_row_by_row(tmp_path):
+    frame = pd.DataFrame({"text_a": ["a1", "", "a3"], "text_b": ["b1", "b2", None], "score": [1.0, 2.0, 3.0]})
+    frame.to_json(tmp_path / "pairs.jsonl", orient="records", lines=True)
+    corpus = load_sentences(tmp_path / "pairs.jsonl", text_field=("text_a", "text_b"))
+    assert corpus.sentences == ["a1", "b1", "b2", "a3"]
+    assert (corpus.rows_read, corpus.empty_dropped) == (6, 2) and "[text_a, text_b]" in corpus.source
+    assert load_sentences(tmp_path / "pairs.jsonl", text_field=["text_b"]).sentences == ["b1", "b2"]
+    with pytest.raises(TaskError, match=r"no column \['text_c'\]"):
+        load_sentences(tmp_path / "pairs.jsonl", text_field=("text_a", "text_c"))
+    (tmp_path / "mixed.jsonl").write_text('{"a": "x", "b": "ok"}\n{"a": "y", "b": 5}\n')
+    with pytest.raises(TaskError, match=r"row 2 column 'b' holds 5 .*not text"):
+        load_sentences(tmp_path / "mixed.jsonl", text_field=("a", "b"))
+    with pytest.raises(TaskError, match=r"several distinct ones"):
+        load_sentences(tmp_path / "pairs.jsonl", text_field=("text_a", "text_a"))
+    (tmp_path / "t.txt").write_text("a\n")
+    with pytest.raises(TaskError, match=r"a \.txt file .* fix: drop text_field"):
+        load_sentences(tmp_path / "t.txt", text_field=("text_a", "text_b"))
+
+
 def test_builtin_task_sentences(tmp_path, monkeypatch):
     root = tmp_path / "tweet-sentiment-corpus"
     root.mkdir()
@@ -57,7 +76,7 @@ def test_builtin_task_sentences(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize(("content", "field", "match"), [
     ("", None, r"t\.txt: the file is empty"),
-    ("\n  \n\n", None, r"t\.txt: no sentences \(3 lines or rows, all empty\)"),
+    ("\n  \n\n", None, r"t\.txt: no sentences \(3 lines or cells, all empty\)"),
     ("a\n", "text", r"t\.txt: a \.txt file .* fix: drop text_field"),
 ])
 def test_bad_txt(tmp_path, content, field, match):

@@ -288,6 +288,17 @@ def test_bad_sentences_and_settings_give_clear_errors(tmp_path):
         SCTConfig(augment="backtranslate")
 
 
+def test_embed_reads_every_named_text_column(tmp_path):
+    from plmkit.compress.sct_job import _sentences
+
+    path = tmp_path / "pairs.jsonl"
+    path.write_text('{"text_a": "a one", "text_b": "b one"}\n{"text_a": "a two", "text_b": "a one"}\n')
+    both, info = _sentences(EmbedSetup(data=str(path), text_fields="text_a,text_b"))
+    assert both == ["a one", "b one", "a two"]  # row by row, duplicates across columns kept once
+    assert info["rows_read"] == 4 and info["unique_used"] == 3
+    assert _sentences(EmbedSetup(data=str(path), text_fields="text_b"))[0] == ["b one", "a one"]
+
+
 def test_lee_pairs_take_the_upper_triangle(tmp_path):
     (tmp_path / "lee.cor").write_text("doc zero\ndoc one\ndoc two\n")
     (tmp_path / "similarities0-1.txt").write_text("1 0.2 0.3\n0 1 0.7\n0 0 1\n")

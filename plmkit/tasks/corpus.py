@@ -6,7 +6,7 @@ empty cells) and counts them; scored pairs keep every row, so an STS test file g
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ class SentenceCorpus:
     source: str
     """The file, column or built-in task they came from."""
     rows_read: int
-    """Lines (``.txt``) or rows (tables, built-in tasks) read, empty ones included."""
+    """Lines (``.txt``), rows (built-in tasks) or table cells (a row per text column) read, empty ones included."""
     empty_dropped: int
     """Lines or cells that were empty or only whitespace."""
 
@@ -107,14 +107,17 @@ def _pick(columns: list[str], given: Any, candidates: tuple, source: Path, what:
     return found
 
 
-def _table_texts(path: Path, text_field: str | None) -> tuple[list[Any], str]:
+def _table_texts(path: Path, text_field: str | tuple[str, ...] | None) -> tuple[list[Any], str, list[str]]:
+    """The cells of the text column(s), row by row (a1, b1, a2, b2, ... for two columns)."""
     frame = read_file(path)
-    column = _pick(list(frame.columns), text_field, SENTENCE_COLUMNS, path, "text",
+    picked = _pick(list(frame.columns), text_field, SENTENCE_COLUMNS, path, "text",
                    "name the text column with text_field=...")
-    return frame[column].tolist(), f"{path} [{column}]"
+    columns = [picked] if isinstance(picked, str) else list(picked)
+    cells = [value for row in zip(*(frame[c].tolist() for c in columns), strict=True) for value in row]
+    return cells, f"{path} [{', '.join(columns)}]", columns
 
 
-def _text_lines(path: Path, text_field: str | None) -> tuple[list[Any], str]:
+def _text_lines(path: Path, text_field: str | None) -> tuple[list[Any], str, list[str]]:
     if text_field is not None:
         raise TaskError(f"{path}: a .txt file has one sentence per line and no columns; fix: drop text_field")
     try:
@@ -124,41 +127,52 @@ def _text_lines(path: Path, text_field: str | None) -> tuple[list[Any], str]:
                         "fix: save it as UTF-8 text, one sentence per line") from err
     if not text:
         raise TaskError(f"{path}: the file is empty; fix: write one sentence per line")
-    return text.splitlines(), str(path)
+    return text.splitlines(), str(path), []
 
 
-def _keep_sentences(values: list[Any], source: str) -> list[str]:
-    """Strip texts; empty or missing values become '' (dropped later); any other value is an error."""
-    kept = []
-    for row, value in enumerate(values, 1):
+def _keep_sentences(values: list[Any], source: str, columns: Sequence[str] = ()) -> list[str]:
+    """Strip texts; empty or missing values become '' (dropped later); any other value is an error.
+
+    ``values`` holds a row's cells of ``columns`` one after the other when there are several columns.
+    """
+    kept, width = [], max(len(columns), 1)
+    for i, value in enumerate(values):
         if value is None or (not isinstance(value, str) and pd.isna(value)):
             value = ""
         if not isinstance(value, str):
-            raise TaskError(f"{source}: row {row} holds {value!r} ({type(value).__name__}), not text; "
+            where = f"row {i // width + 1}" + (f" column {columns[i % width]!r}" if width > 1 else "")
+            raise TaskError(f"{source}: {where} holds {value!r} ({type(value).__name__}), not text; "
                             "fix: choose the text column with text_field=... or fix that row")
         kept.append(value.strip())
     return kept
 
 
-def load_sentences(spec: str | Path, text_field: str | None = None) -> SentenceCorpus:
-    """Sentences from a ``.txt`` file (one per line), a text column of a table, or a built-in task.
+def load_sentences(spec: str | Path, text_field: str | Sequence[str] | None = None) -> SentenceCorpus:
+    """Sentences from a ``.txt`` file (one per line), text columns of a table, or a built-in task.
 
-    Tables are CSV, TSV, JSON Lines, JSON or parquet; the column is ``text_field`` or the first of
-    :data:`SENTENCE_COLUMNS` present. A built-in task gives all its texts, whitespace-normalised.
+    Tables are CSV, TSV, JSON Lines, JSON or parquet; the columns are ``text_field`` (one name, or
+    several: a pair file's ``("text_a", "text_b")`` gives both sentences of every row, row by row) or
+    the first of :data:`SENTENCE_COLUMNS` present. A built-in task gives all its texts,
+    whitespace-normalised.
     """
+    if not isinstance(text_field, str) and text_field is not None:
+        fields = tuple(text_field)
+        if not fields or len(set(fields)) != len(fields) or not all(isinstance(f, str) and f for f in fields):
+            raise TaskError(f"text_field must name one column or several distinct ones, got {text_field!r}")
+        text_field = fields[0] if len(fields) == 1 else fields
     if isinstance(spec, str) and spec in BUILTINS:
         if text_field not in (None, "text"):
             raise TaskError(f"built-in task {spec!r} has one text column, 'text'; fix: drop text_field")
         values = [" ".join(t.split()) if isinstance(t, str) else t for t in read_builtin(spec)["text"]]
-        source = f"built-in task {spec!r}"
+        source, columns = f"built-in task {spec!r}", []
     else:
         path = _data_file(spec, _SENTENCE_FILES, f"sentence (or built-in task: {', '.join(builtin_task_names())})")
         reader = _text_lines if extension(path) == ".txt" else _table_texts
-        values, source = reader(path, text_field)
-    texts = _keep_sentences(values, source)
+        values, source, columns = reader(path, text_field)
+    texts = _keep_sentences(values, source, columns)
     sentences = [t for t in texts if t]
     if not sentences:
-        raise TaskError(f"{source}: no sentences ({len(texts)} lines or rows, all empty); "
+        raise TaskError(f"{source}: no sentences ({len(texts)} lines or cells, all empty); "
                         "fix: add text, or choose the text column with text_field=...")
     return SentenceCorpus(sentences, source, len(texts), len(texts) - len(sentences))
 
