@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from plmkit.cliargs import EPILOG, add_common, add_dataclass_arguments, build_dataclass, quiet_libraries
+from plmkit.cliargs import Flags, add_job_parser, build_dataclass, quiet_libraries
 from plmkit.jobs import run_job
 from plmkit.report import format_table
 
@@ -121,16 +121,15 @@ def _register_ode(compress: argparse._SubParsersAction) -> None:
     from plmkit.compress.ode_job import ODESetup
     from plmkit.trainer import TrainerConfig
 
-    ode = compress.add_parser(
-        "ode", epilog=EPILOG, help="parameter-shared encoder solved as an ODE: fewer, larger steps at inference",
+    add_job_parser(
+        compress, "ode", cmd_compress_ode,
+        [Flags(ODESetup, "model and task", aliases=MODEL_ALIAS),
+         Flags(ODEConfig, "shared model and solver", exclude=("extra",)),
+         Flags(TrainerConfig, "training", defaults=TRAINING_DEFAULTS)],
+        help="parameter-shared encoder solved as an ODE: fewer, larger steps at inference",
         description="Fine-tune the dense model on --task, build a shared-layer (pre-LN, Euler-step) encoder from it, "
                     "train it to tolerate large steps (step counts drawn per batch, distillation from the dense "
                     "model), and compare steps -> latency, FLOPs, accuracy with dropping layers of the dense model.")
-    add_common(ode)
-    add_dataclass_arguments(ode, ODESetup, title="model and task", aliases=MODEL_ALIAS)
-    add_dataclass_arguments(ode, ODEConfig, title="shared model and solver", exclude=("extra",))
-    add_dataclass_arguments(ode, TrainerConfig, title="training", defaults=TRAINING_DEFAULTS)
-    ode.set_defaults(func=cmd_compress_ode, _parser=ode)
 
 
 # ------------------------------------------------------------------------------ merge
@@ -171,16 +170,14 @@ def _register_embed(sub: argparse._SubParsersAction) -> None:
     from plmkit.compress.sct_job import EmbedSetup
     from plmkit.trainer import TrainerConfig
 
-    embed = sub.add_parser(
-        "embed", epilog=EPILOG, help="train a small sentence encoder (SCT, SimCSE or MSE distillation)",
+    add_job_parser(
+        sub, "embed", cmd_embed,
+        [Flags(EmbedSetup, "student, teacher and data", aliases=MODEL_ALIAS), Flags(SCTConfig, "SCT"),
+         Flags(TrainerConfig, "training", defaults=EMBED_TRAINING_DEFAULTS)],
+        help="train a small sentence encoder (SCT, SimCSE or MSE distillation)",
         description="Train copies of the student (optionally cut to --layers) on --data with SCT (self-supervised "
                     "or distilled from --teacher) and the SimCSE / MSE-distillation baselines on the same budget, "
                     "score each on STS pairs and write each as a SentenceTransformer folder.")
-    add_common(embed)
-    add_dataclass_arguments(embed, EmbedSetup, title="student, teacher and data", aliases=MODEL_ALIAS)
-    add_dataclass_arguments(embed, SCTConfig, title="SCT")
-    add_dataclass_arguments(embed, TrainerConfig, title="training", defaults=EMBED_TRAINING_DEFAULTS)
-    embed.set_defaults(func=cmd_embed, _parser=embed)
 
 
 # ------------------------------------------------------------------------------ parser
@@ -192,26 +189,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     compress = sub.add_parser("compress", help="MPO compression and MPO depth scaling").add_subparsers(
         dest="action", required=True, metavar="ACTION")
-    mpo = compress.add_parser(
-        "mpo", epilog=EPILOG, help="decompose linear layers into MPOs to meet a parameter budget",
+    training = Flags(TrainerConfig, "training", defaults=TRAINING_DEFAULTS)
+    add_job_parser(
+        compress, "mpo", cmd_compress_mpo,
+        [Flags(CompressSetup, "model and task", aliases=MODEL_ALIAS), Flags(MPOConfig, "MPO"), training],
+        help="decompose linear layers into MPOs to meet a parameter budget",
         description="Fine-tune the dense model on --task (if given), decompose its encoder to --budget, "
                     "fine-tune it (all parameters with distillation by default; --trainable auxiliary for MPOP's "
                     "light fine-tuning), save the MPO model and its dense merge.")
-    add_common(mpo)
-    add_dataclass_arguments(mpo, CompressSetup, title="model and task", aliases=MODEL_ALIAS)
-    add_dataclass_arguments(mpo, MPOConfig, title="MPO")
-    add_dataclass_arguments(mpo, TrainerConfig, title="training", defaults=TRAINING_DEFAULTS)
-    mpo.set_defaults(func=cmd_compress_mpo, _parser=mpo)
-
-    deep = compress.add_parser(
-        "mpo-deep", epilog=EPILOG, help="grow a deeper MPO encoder with shared central tensors",
+    add_job_parser(
+        compress, "mpo-deep", cmd_compress_deep,
+        [Flags(DeepSetup, "model and task", aliases=MODEL_ALIAS), Flags(DeepMPOConfig, "depth scaling"), training],
+        help="grow a deeper MPO encoder with shared central tensors",
         description="Build a depth_multiplier x L-layer encoder whose layers share MPO central tensors, "
                     "fine-tune it on --task and compare with the shallow dense model.")
-    add_common(deep)
-    add_dataclass_arguments(deep, DeepSetup, title="model and task", aliases=MODEL_ALIAS)
-    add_dataclass_arguments(deep, DeepMPOConfig, title="depth scaling")
-    add_dataclass_arguments(deep, TrainerConfig, title="training", defaults=TRAINING_DEFAULTS)
-    deep.set_defaults(func=cmd_compress_deep, _parser=deep)
     _register_ode(compress)
 
     merge = compress.add_parser("merge", help="write a saved MPO model as a plain Hugging Face folder")

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from plmkit.cliargs import EPILOG, add_common, add_dataclass_arguments, build_dataclass
+from plmkit.cliargs import Flags, add_job_parser, build_dataclass
 from plmkit.jobs import run_job
 from plmkit.report import format_table
 
@@ -63,15 +63,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     from plmkit.generation.zerogen import GenerationConfig
     from plmkit.trainer import TrainerConfig
 
-    parser = sub.add_parser(
-        "generate", epilog=EPILOG, help="synthesise a labelled data set with a causal LM and train a tiny model",
+    add_job_parser(
+        sub, "generate", cmd_generate,
+        [Flags(GenerateSetup, "spec, generator and evaluation"),
+         Flags(GenerationConfig, "generation", exclude=("seed",)), Flags(TaskModelConfig, "task model"),
+         Flags(TrainerConfig, "task-model training", defaults=TRAINING_DEFAULTS)],
+        help="synthesise a labelled data set with a causal LM and train a tiny model",
         description="ZeroGen: prompt --generator per label of --spec, filter the samples into a data set "
                     "(JSONL + datasets folder), train --task-model on it and, with --eval, score it on real data "
                     "next to zero-shot prompting of the generator and the same model trained on real data. "
                     "An interrupted run continues with --resume --output-dir DIR.")
-    add_common(parser)
-    add_dataclass_arguments(parser, GenerateSetup, title="spec, generator and evaluation")
-    add_dataclass_arguments(parser, GenerationConfig, title="generation", exclude=("seed",))
-    add_dataclass_arguments(parser, TaskModelConfig, title="task model")
-    add_dataclass_arguments(parser, TrainerConfig, title="task-model training", defaults=TRAINING_DEFAULTS)
-    parser.set_defaults(func=cmd_generate, _parser=parser)

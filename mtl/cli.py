@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from plmkit.cliargs import EPILOG, add_common, add_dataclass_arguments, build_dataclass
+from plmkit.cliargs import Flags, add_job_parser, build_dataclass
 from plmkit.jobs import run_job
 from plmkit.report import format_table
 
@@ -48,15 +48,12 @@ def register_adapters(sub: argparse._SubParsersAction) -> None:
 
     adapters = sub.add_parser("adapters", help="stage-1 bottleneck adapters").add_subparsers(
         dest="action", required=True, metavar="ACTION")
-    train = adapters.add_parser("train", help="train an adapter + head on a task over a frozen backbone",
-                                epilog=EPILOG)
-    add_common(train)
-    add_dataclass_arguments(train, TaskSetup, title="task and backbone")
-    add_dataclass_arguments(train, AdapterConfig, title="adapter")
-    add_dataclass_arguments(train, TrainerConfig, title="training",
-                            defaults={"output_dir": None, "learning_rate": 1e-3, "epochs": 3,
-                                      "early_stopping_patience": 3})
-    train.set_defaults(func=cmd_adapters_train, _parser=train)
+    add_job_parser(
+        adapters, "train", cmd_adapters_train,
+        [Flags(TaskSetup, "task and backbone"), Flags(AdapterConfig, "adapter"),
+         Flags(TrainerConfig, "training", defaults={"output_dir": None, "learning_rate": 1e-3, "epochs": 3,
+                                                    "early_stopping_patience": 3})],
+        help="train an adapter + head on a task over a frozen backbone")
 
 
 # ------------------------------------------------------------------------------ transfer
@@ -114,20 +111,16 @@ def register_transfer(sub: argparse._SubParsersAction) -> None:
     from plmkit.mtl.pipeline import TransferSetup
     from plmkit.trainer import TrainerConfig
 
-    parser = sub.add_parser(
-        "transfer", epilog=EPILOG,
+    add_job_parser(
+        sub, "transfer", cmd_transfer,
+        [Flags(TransferSetup, "transfer"), add_method_flags,
+         Flags(TrainerConfig, "stage-2 training", exclude=("learning_rate", "seed", "metric", "greater_is_better"),
+               defaults={"output_dir": None, "epochs": 5, "batch_size": 16})],
         help="stage 1 (train or reuse source adapters) -> stage 2 (fusion / ScaLearn) -> evaluate",
         description="With no arguments: the bundled MiniLM, sources tweet-sentiment, bbc-topic, "
                     "rt-subjectivity (400 examples each, up to 2 epochs with early stopping) + the target's "
                     "own adapter, target rotten-tomatoes (200 training examples), method scalearn for 5 "
                     "epochs beside the target's own adapter as the baseline. --full uses every example.")
-    add_common(parser)
-    add_dataclass_arguments(parser, TransferSetup, title="transfer")
-    add_method_flags(parser)
-    add_dataclass_arguments(parser, TrainerConfig, title="stage-2 training",
-                            exclude=("learning_rate", "seed", "metric", "greater_is_better"),
-                            defaults={"output_dir": None, "epochs": 5, "batch_size": 16})
-    parser.set_defaults(func=cmd_transfer, _parser=parser)
 
 
 def _method_flag_fields() -> dict[str, tuple[type, str]]:
@@ -180,11 +173,10 @@ def register_transferability(sub: argparse._SubParsersAction) -> None:
     from plmkit.mtl.transferability import TransferabilitySetup
     from plmkit.trainer import TrainerConfig
 
-    parser = sub.add_parser("transferability", epilog=EPILOG,
-                            help="train or reuse a soft prompt per task; print the source x target transferability")
-    add_common(parser)
-    add_dataclass_arguments(parser, TransferabilitySetup, title="transferability")
-    add_dataclass_arguments(parser, TrainerConfig, title="prompt training",
-                            exclude=("learning_rate", "seed", "metric", "greater_is_better", "epochs"),
-                            defaults={"output_dir": None, "batch_size": 32})
-    parser.set_defaults(func=cmd_transferability, _parser=parser)
+    add_job_parser(
+        sub, "transferability", cmd_transferability,
+        [Flags(TransferabilitySetup, "transferability"),
+         Flags(TrainerConfig, "prompt training",
+               exclude=("learning_rate", "seed", "metric", "greater_is_better", "epochs"),
+               defaults={"output_dir": None, "batch_size": 32})],
+        help="train or reuse a soft prompt per task; print the source x target transferability")

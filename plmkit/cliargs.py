@@ -132,6 +132,36 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
 
 
+@dataclasses.dataclass(frozen=True)
+class Flags:
+    """One config dataclass's flags in a job's ``--help``: a titled group (see :func:`add_dataclass_arguments`)."""
+
+    cls: type
+    title: str
+    exclude: tuple[str, ...] = ()
+    defaults: dict[str, Any] | None = None
+    aliases: dict[str, tuple[str, ...]] | None = None
+
+
+def add_job_parser(sub: argparse._SubParsersAction, name: str, func: Any, sections: list[Any],
+                   **parser_options: Any) -> argparse.ArgumentParser:
+    """A job's subcommand ``name`` running ``func(args)``: the common options (:func:`add_common`), then
+    each section in order -- a :class:`Flags`, or a callable that adds its own flags to the parser.
+
+    ``parser_options`` go to ``add_parser`` (``help``, ``description``; ``epilog`` defaults to :data:`EPILOG`).
+    """
+    parser = sub.add_parser(name, **{"epilog": EPILOG, **parser_options})
+    add_common(parser)
+    for section in sections:
+        if isinstance(section, Flags):
+            add_dataclass_arguments(parser, section.cls, exclude=section.exclude, defaults=section.defaults,
+                                    title=section.title, aliases=section.aliases)
+        else:
+            section(parser)
+    parser.set_defaults(func=func, _parser=parser)
+    return parser
+
+
 def quiet_libraries() -> None:
     """Keep library chatter (weight-loading bars, info logs) out of our progress output."""
     import os

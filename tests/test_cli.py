@@ -140,3 +140,32 @@ def test_every_subcommand_renders_its_help():
     assert len(parsers) >= 8
     for parser in parsers:
         assert parser.format_help().startswith("usage:"), parser.prog
+
+
+def test_job_parser_adds_sections_in_order_and_dispatches():
+    import argparse
+    from dataclasses import dataclass
+
+    from plmkit.cliargs import Flags, add_job_parser, build_dataclass
+
+    @dataclass
+    class Part:
+        width: int = 4
+        """How wide."""
+        name: str = "x"
+
+    def extra(parser):
+        parser.add_argument("--extra", type=int, default=7)
+
+    sub = argparse.ArgumentParser(prog="plmkit").add_subparsers(dest="command")
+    job = add_job_parser(sub, "job", print, [Flags(Part, "part", exclude=("name",), defaults={"width": 9}), extra],
+                         help="a job")
+    text = job.format_help()
+    usage = job.format_usage()
+    assert usage.index("--config") < usage.index("--width") < usage.index("--extra")
+    assert "part:\n  --width INT" in text
+    assert "--name" not in text and "How wide. (default: 9)" in text
+    args = job.parse_args(["--width", "3", "--overwrite"])
+    assert (args.width, args.extra, args.overwrite, args.func, args._parser) == (3, 7, True, print, job)
+    assert job.parse_args([]).width == 9 and not hasattr(args, "name")
+    assert build_dataclass(Part, args) == Part(width=3) and job.epilog.startswith("Run folders")
