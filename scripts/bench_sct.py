@@ -3,7 +3,8 @@
 Rows: the raw 6-layer MiniLM, the raw student (MiniLM cut to its first ``--layers``), the teacher, and the
 student after each method, all trained on the same unlabelled sentences with the same trainer settings
 (steps, batch, learning rate). Evaluation: Spearman x100 of cosine similarity on
-``../shared/data/sts/stsb_test.jsonl`` (never trained on). Training sentences: the first sentence of each
+``../shared/data/sts/stsb_test.jsonl`` (never trained on), and on the GLUE STS-B validation pairs (also never
+trained on; the set to choose settings by, ``--no-validation`` skips it). Training sentences: the first sentence of each
 GLUE STS-B training pair (``--sentences first``) or every distinct sentence of both columns
 (``--sentences all``, 10,536), labels unused, subsampled with ``--train-samples`` for CPU runs. Also
 reports training time, sentences/s and encoder parameter counts.
@@ -46,20 +47,24 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--reference-temperature", type=float, default=None,
                         help="SCT reference temperature (none: the paper's)")
     parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--validation", action=argparse.BooleanOptionalAction, default=True,
+                        help="also score every model on the STS-B validation pairs (for choosing settings "
+                             "without looking at test)")
     parser.add_argument("--run-dir", default=str(ROOT / "runs" / "bench_sct"))
     parser.add_argument("--out", default=str(ROOT / "scripts" / "results" / "bench_sct.json"))
     return parser.parse_args()
 
 
-def full_minilm_score(test: Path, max_length: int) -> dict:
+def full_minilm_score(eval_sets: list[Path], max_length: int) -> dict:
     from plmkit.backbones import load_encoder
     from plmkit.compress.sct_train import load_eval_pairs
     from plmkit.embeddings import STSEvaluator
 
     backbone = load_encoder("minilm-l6")
     started = time.perf_counter()
-    score = STSEvaluator(load_eval_pairs(str(test)), backbone.tokenizer, "mean", max_length=max_length)(backbone.model)
-    return {"spearman": {str(test): 100 * score["spearman"]},
+    scores = {str(path): 100 * STSEvaluator(load_eval_pairs(str(path)), backbone.tokenizer, "mean",
+                                            max_length=max_length)(backbone.model)["spearman"] for path in eval_sets}
+    return {"spearman": scores,
             "encoder_params": sum(p.numel() for p in backbone.model.parameters()),
             "eval_s": time.perf_counter() - started}
 
@@ -71,6 +76,7 @@ def main() -> int:
     from plmkit.report import format_table
 
     test = SHARED / "sts" / "stsb_test.jsonl"
+    eval_sets = [test] + ([SHARED / "glue" / "stsb" / "validation.jsonl"] if args.validation else [])
     train = SHARED / "glue" / "stsb" / "train.jsonl"
     # all: both sentences of every row, row by row; the job keeps each distinct sentence once
     data = ["--data", str(train), "--text-fields", "text_a,text_b" if args.sentences == "all" else "text_a"]
@@ -78,7 +84,7 @@ def main() -> int:
                                              ("--reference-temperature", args.reference_temperature))
                     if value is not None for flag in (name, str(value))]
     argv = ["embed", "--model", "minilm-l6", "--layers", args.layers, "--teacher", args.teacher,
-            *data, *temperatures, "--eval", str(test), "--methods", args.methods,
+            *data, *temperatures, "--eval", ",".join(map(str, eval_sets)), "--methods", args.methods,
             "--max-train-samples", str(args.train_samples), "--epochs", str(args.epochs),
             "--batch-size", str(args.batch_size), "--learning-rate", str(args.learning_rate),
             "--augment", args.augment, "--projector", args.projector,
@@ -90,9 +96,9 @@ def main() -> int:
     if code:
         return code
     metrics = json.loads((Path(args.run_dir) / "metrics.json").read_text())
-    metrics["models"] = {"raw minilm-l6 (6 layers)": full_minilm_score(test, args.max_length), **metrics["models"]}
+    metrics["models"] = {"raw minilm-l6 (6 layers)": full_minilm_score(eval_sets, args.max_length), **metrics["models"]}
     rows, header = summary_rows(metrics)
-    print("\n" + format_table(rows, header, title="STS-B test, Spearman x100 (CPU subsample)"))
+    print("\n" + format_table(rows, header, title="STS-B, Spearman x100 (CPU subsample)"))
     result = {"command": "python scripts/bench_sct.py " + " ".join(sys.argv[1:]), "plmkit_embed_argv": argv,
               "settings": vars(args), "wall_time_s": time.perf_counter() - started, "metrics": metrics,
               "hardware": "CPU only (shared machine, 2 cores); no GPU this session"}
