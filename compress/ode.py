@@ -34,17 +34,17 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from plmkit.compress.ode_solvers import FIXED_SOLVERS, check_solver, solve_adaptive, solve_fixed
+from plmkit.compress.ode_solvers import EVALS_PER_STEP, FIXED_SOLVERS, STEPPERS, check_solver, solve_adaptive
 from plmkit.errors import ConfigError
 
 INITS = ("average", "layer", "mpo", "random")
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "gelu_new": lambda x: F.gelu(x, approximate="tanh")}
 
 
-def parse_steps(spec: str | None, depth: int, num_blocks: int) -> tuple[int, ...]:
-    """'auto' -> T, ceil(T/2), ceil(T/4) rounded up to multiples of k; else a comma list of counts."""
+def parse_steps(spec: str | None, depth: int) -> tuple[int, ...]:
+    """'auto' -> T, ceil(T/2), ceil(T/4); 'full' -> T; else a comma list of counts (largest first)."""
     if spec in (None, "", "auto"):
-        counts = [num_blocks * math.ceil(depth / f / num_blocks) for f in (1, 2, 4)]
+        counts = [math.ceil(depth / f) for f in (1, 2, 4)]
     elif spec == "full":
         counts = [depth]
     else:
@@ -52,10 +52,22 @@ def parse_steps(spec: str | None, depth: int, num_blocks: int) -> tuple[int, ...
             counts = [int(part) for part in str(spec).split(",") if part.strip()]
         except ValueError as error:
             raise ConfigError(f"step counts must be 'auto', 'full' or comma-separated integers, got {spec!r}") from error
-    bad = [n for n in counts if n < 1 or n % num_blocks]
-    if not counts or bad:
-        raise ConfigError(f"step counts must be >= 1 and multiples of num_blocks={num_blocks}; got {spec!r}")
+    if not counts or any(n < 1 for n in counts):
+        raise ConfigError(f"step counts must be >= 1; got {spec!r}")
     return tuple(sorted(set(counts), reverse=True))
+
+
+def block_of_step(step: int, steps: int, num_blocks: int) -> int:
+    """The block that step ``step`` of ``steps`` evaluates: the one whose segment holds the step's midpoint."""
+    return (2 * step + 1) * num_blocks // (2 * steps)  # floor(k (j + 1/2) / n), in integers
+
+
+def parse_layers(spec: str | int) -> tuple[int, ...]:
+    """'2' -> (2,); '0,2,4' -> (0, 2, 4)."""
+    try:
+        return tuple(int(part) for part in str(spec).split(",") if part.strip())
+    except ValueError as error:
+        raise ConfigError(f"--init-layer takes a layer index or a comma list (one per block), got {spec!r}") from error
 
 
 @dataclass
@@ -68,8 +80,8 @@ class ODEConfig:
     """Distinct blocks (1: fully shared; k: partially shared, block i covers the i-th of k equal time segments)."""
     init: str = "average"
     """Block weights: 'average' of the layers it replaces, one 'layer', 'mpo' (shared-centre MPO fit) or 'random'."""
-    init_layer: int = 0
-    """The source layer copied when --init layer (the same layer for every block)."""
+    init_layer: str = "0"
+    """With --init layer: the source layer copied into every block ('2'), or one per block ('0,2,4')."""
     mpo_bond: int | None = None
     """With --init mpo: cap on the central tensor's two bonds (default: full, so only sharing loses information)."""
     mpo_cores: int = 5
@@ -94,6 +106,11 @@ class ODEConfig:
             raise ConfigError(f"depth must be >= 1, got {self.depth}")
         if self.num_blocks < 1:
             raise ConfigError(f"num_blocks must be >= 1, got {self.num_blocks}")
+        self.init_layer = str(self.init_layer)  # configs saved before lists were allowed hold an int
+        chosen = parse_layers(self.init_layer)
+        if len(chosen) not in (1, self.num_blocks) or min(chosen, default=-1) < 0:
+            raise ConfigError(f"--init-layer {self.init_layer!r} must name one layer index >= 0 or one per block "
+                              f"({self.num_blocks} blocks)")
         if self.depth is not None and self.depth % self.num_blocks:
             raise ConfigError(f"depth {self.depth} must be a multiple of num_blocks {self.num_blocks}")
         if self.init not in INITS:
@@ -111,12 +128,17 @@ class ODEConfig:
             raise ConfigError(f"rtol and atol must be > 0, got {self.rtol}, {self.atol}")
         if self.depth is not None:
             self.check_steps(self.steps or self.depth)
-            parse_steps(self.train_steps, self.depth, self.num_blocks)
+            parse_steps(self.train_steps, self.depth)
 
     def check_steps(self, steps: int) -> int:
-        if steps < 1 or steps % self.num_blocks:
-            raise ConfigError(f"steps must be a positive multiple of num_blocks={self.num_blocks}, got {steps}")
+        if steps < 1:
+            raise ConfigError(f"steps must be >= 1, got {steps}")
         return steps
+
+    def block_layers(self) -> tuple[int, ...]:
+        """The source layer of each block under --init layer."""
+        chosen = parse_layers(self.init_layer)
+        return chosen * self.num_blocks if len(chosen) == 1 else chosen
 
 
 class SharedBlock(nn.Module):
@@ -190,28 +212,29 @@ class ODEEncoder(nn.Module):
         self.blocks = nn.ModuleList(SharedBlock(hidden, heads, intermediate, activation, eps, dropout)
                                     for _ in range(config.num_blocks))
         self.final_norm = nn.LayerNorm(hidden, eps=eps)
-        self.schedule = StepSchedule(parse_steps(config.train_steps, config.depth, config.num_blocks))
+        self.schedule = StepSchedule(parse_steps(config.train_steps, config.depth))
         self.steps, self.solver, self.last_evals = config.steps or config.depth, config.solver, 0
 
     def set_steps(self, steps: int | None = None, solver: str | None = None) -> None:
-        """Inference setting: ``steps`` (multiple of num_blocks) with ``solver``."""
+        """Inference setting: ``steps`` (any count >= 1) with ``solver``."""
         self.steps = self.config.check_steps(steps or self.config.depth)
         self.solver = check_solver(solver or self.solver)
 
     def integrate(self, h: torch.Tensor, mask: torch.Tensor | None, steps: int, solver: str) -> torch.Tensor:
-        """h(T) from h(0) = ``h``, block by block over equal time segments."""
-        length = self.config.depth / len(self.blocks)
-        self.last_evals = 0
-        for block in self.blocks:
-            def field(x: torch.Tensor, block: nn.Module = block) -> torch.Tensor:
-                return block(x, mask)
+        """h(T) from h(0) = ``h``: ``steps`` fixed steps of size T / steps, or adaptively segment by segment."""
+        def field(block: nn.Module):
+            return lambda x: block(x, mask)
 
-            if solver == "adaptive":
-                h, evals = solve_adaptive(field, h, length, self.config.rtol, self.config.atol)
+        if solver == "adaptive":
+            length, self.last_evals = self.config.depth / len(self.blocks), 0
+            for block in self.blocks:
+                h, evals = solve_adaptive(field(block), h, length, self.config.rtol, self.config.atol)
                 self.last_evals += evals
-            else:
-                h = solve_fixed(field, h, length, steps // len(self.blocks), solver)
-                self.last_evals += steps // len(self.blocks) * {"euler": 1, "heun": 2, "rk4": 4}[solver]
+            return h
+        size, step = self.config.depth / steps, STEPPERS[solver]
+        for j in range(steps):
+            h = step(field(self.blocks[block_of_step(j, steps, len(self.blocks))]), h, size)
+        self.last_evals = steps * EVALS_PER_STEP[solver]
         return h
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,

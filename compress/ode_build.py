@@ -8,7 +8,8 @@ Weight mapping (see :mod:`plmkit.compress.ode` for why): for block i replacing l
     ffn_norm                             <- mean over l in G_i of layer l's attention-output norm
     final_norm                           <- the last layer's output norm
 
-``init='layer'`` uses layer ``init_layer`` for every block instead of a mean; ``init='random'`` keeps
+``init='layer'`` copies one source layer per block instead of a mean: ``init_layer`` names one layer for
+every block ('2') or one per block ('0,2,4'); ``init='random'`` keeps
 the fresh initialisation (a model from scratch, e.g. in tests). The embeddings are copied.
 
 ``init='mpo'`` takes each of a block's six linears from the MPO shared-centre fit of its group
@@ -102,8 +103,8 @@ def _init_blocks(encoder: ODEEncoder, base: nn.Module, layers: nn.ModuleList, co
     feeding = [base.embeddings.LayerNorm] + [layer.output.LayerNorm for layer in layers[:-1]]
     groups = layer_groups(len(layers), config.num_blocks)
     errors: dict[str, list[float]] = {}
-    for block, group in zip(encoder.blocks, groups, strict=True):
-        chosen = [config.init_layer] * len(group) if config.init == "layer" else group
+    for i, (block, group) in enumerate(zip(encoder.blocks, groups, strict=True)):
+        chosen = [config.block_layers()[i]] if config.init == "layer" else group
         for name, path in LINEARS.items():
             _mean_into(getattr(block, name), [layers[i].get_submodule(path) for i in chosen])
             if config.init == "mpo":
@@ -128,7 +129,7 @@ def build_ode_encoder(source: nn.Module, config: ODEConfig) -> ODEEncoder:
         raise ConfigError(f"ODE encoders are built from {BERT_STYLE} layers; {found.anatomy.model_type!r} "
                           "has another layer layout")
     config = replace(config, depth=config.depth or len(layers), extra={})
-    if config.init == "layer" and not 0 <= config.init_layer < len(layers):
+    if config.init == "layer" and max(config.block_layers()) >= len(layers):
         raise ConfigError(f"--init-layer {config.init_layer} is out of range: the source has layers 0..{len(layers) - 1}")
     if config.init in ("average", "mpo") and config.num_blocks > len(layers):
         raise ConfigError(f"--num-blocks {config.num_blocks} exceeds the source's {len(layers)} layers; "

@@ -222,7 +222,7 @@ def ode_compress(setup: ODESetup, config: ODEConfig, trainer: TrainerConfig, run
         model, data, replace(trainer, epochs=_epochs(setup.ode_epochs, trainer), learning_rate=lr), run.path / "ode",
         loss=loss)
     batch = latency_batch(backbone.tokenizer, setup.latency_batch, setup.latency_tokens)
-    steps = parse_steps(setup.eval_steps, depth, config.num_blocks)
+    steps = parse_steps(setup.eval_steps, depth)
     rows, timed = _ode_rows(model, steps, data, batch, metric)
     if setup.baseline:
         layers = len(locate(dense).layers)

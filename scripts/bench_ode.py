@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-baseline", action="store_true", help="skip layer dropping (lever runs)")
     parser.add_argument("--distill", type=float, default=0.5)
     parser.add_argument("--init", default="average", help="average | layer | random | mpo")
-    parser.add_argument("--init-layer", type=int, default=0)
+    parser.add_argument("--init-layer", default="0", help="one layer for every block, or one per block: 0,2,4")
     parser.add_argument("--num-blocks", type=int, default=1)
     parser.add_argument("--train-steps", default="auto")
     parser.add_argument("--eval-steps", default="6,3,2")

@@ -137,8 +137,55 @@ def test_partially_shared_blocks_come_from_their_layer_groups(make_encoder):
     average = build_ode_encoder(backbone.model, ODEConfig(num_blocks=1))
     mean = (layers[0].intermediate.dense.weight + layers[1].intermediate.dense.weight) / 2
     assert torch.allclose(average.blocks[0].ffn_in.weight, mean)
-    with pytest.raises(ConfigError, match="multiple of num_blocks"):
-        ODEConfig(depth=4, num_blocks=2, steps=3)
+    per_block = build_ode_encoder(backbone.model, ODEConfig(num_blocks=2, init="layer", init_layer="1,0"))
+    for block, layer in zip(per_block.blocks, (1, 0), strict=True):
+        assert torch.equal(block.ffn_out.weight, layers[layer].output.dense.weight)
+        assert torch.equal(block.ffn_norm.weight, layers[layer].attention.output.LayerNorm.weight)
+    assert torch.equal(per_block.blocks[0].attn_norm.weight, layers[0].output.LayerNorm.weight)
+    one_for_all = build_ode_encoder(backbone.model, ODEConfig(num_blocks=2, init="layer", init_layer=1))
+    assert all(torch.equal(b.query.weight, layers[1].attention.self.query.weight) for b in one_for_all.blocks)
+    with pytest.raises(ConfigError, match="one per block"):
+        ODEConfig(num_blocks=3, init="layer", init_layer="0,1")
+    with pytest.raises(ConfigError, match="out of range"):
+        build_ode_encoder(backbone.model, ODEConfig(num_blocks=2, init="layer", init_layer="0,5"))
+
+
+def _block_trace(encoder: ODEEncoder, ids: torch.Tensor, mask: torch.Tensor) -> list[int]:
+    """Which block each field evaluation of one forward used, in order."""
+    trace: list[int] = []
+    handles = [block.register_forward_hook(lambda *_, i=i: trace.append(i)) for i, block in enumerate(encoder.blocks)]
+    with torch.no_grad():
+        encoder(ids, mask)
+    for handle in handles:
+        handle.remove()
+    return trace
+
+
+def test_partially_shared_steps_follow_the_blocks_time_segments(make_encoder):
+    """k | n: n/k steps per segment, as solving each segment on its own; other n: the midpoint's block."""
+    model = _classifier(make_encoder, depth=6, num_blocks=3, init="random").eval()
+    with torch.no_grad():
+        for p in model.encoder.blocks.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    encoder, (ids, mask) = model.encoder, _batch()
+    expected = {6: [0, 0, 1, 1, 2, 2], 3: [0, 1, 2], 2: [0, 2], 4: [0, 1, 1, 2], 1: [1]}
+    for steps, blocks in expected.items():
+        encoder.set_steps(steps)
+        assert _block_trace(encoder, ids, mask) == blocks, steps
+    encoder.set_steps(2, "heun")  # every stage of a step evaluates the step's block
+    assert _block_trace(encoder, ids, mask) == [0, 0, 2, 2]
+    with torch.no_grad():
+        h = encoder.embeddings(input_ids=ids)
+        m = mask.bool()[:, None, None, :]
+        segmentwise = h
+        for block in encoder.blocks:  # each segment [2i, 2i+2) solved with 2 Euler steps of size 1
+            segmentwise = solve_fixed(lambda x, b=block: b(x, m), segmentwise, 2.0, 2, "euler")
+        skipping = h + 3 * encoder.blocks[0](h, m)  # 2 steps of size 3: midpoints 1.5 and 4.5
+        skipping = skipping + 3 * encoder.blocks[2](skipping, m)
+        encoder.set_steps(6, "euler")
+        assert torch.equal(encoder(ids, mask), encoder.final_norm(segmentwise))
+        encoder.set_steps(2)
+        assert torch.allclose(encoder(ids, mask), encoder.final_norm(skipping), atol=1e-6)
 
 
 @pytest.mark.parametrize("bond", [None, 2])
@@ -226,12 +273,13 @@ def test_training_forward_draws_steps_and_eval_uses_the_setting(make_encoder):
 
 
 def test_parse_steps():
-    assert parse_steps("auto", 8, 1) == (8, 4, 2)
-    assert parse_steps("auto", 6, 2) == (6, 4, 2)
-    assert parse_steps("full", 6, 1) == (6,)
-    assert parse_steps("1,3,3", 6, 1) == (3, 1)
-    with pytest.raises(ConfigError):
-        parse_steps("two", 6, 1)
+    assert parse_steps("auto", 8) == (8, 4, 2)
+    assert parse_steps("auto", 6) == (6, 3, 2)
+    assert parse_steps("full", 6) == (6,)
+    assert parse_steps("1,3,3", 6) == (3, 1)
+    for bad in ("two", "3,0"):
+        with pytest.raises(ConfigError):
+            parse_steps(bad, 6)
 
 
 # ------------------------------------------------------------------------------ save / load
