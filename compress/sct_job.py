@@ -133,7 +133,7 @@ def _teacher_vectors(setup: EmbedSetup, config: SCTConfig, sentences: list[str],
 def embed(setup: EmbedSetup, config: SCTConfig, trainer: TrainerConfig, run: RunFolder) -> dict[str, Any]:
     """Train, score and export every method in ``setup.methods``; returns (and writes) the metrics."""
     from plmkit.anatomy import locate
-    from plmkit.embeddings import STSEvaluator, export_sentence_transformer
+    from plmkit.embeddings import STSEvaluator, export_sentence_transformer, sentence_transformer_pooling
     from plmkit.layers import keep_layers
 
     seed_everything(trainer.seed)
@@ -155,8 +155,8 @@ def embed(setup: EmbedSetup, config: SCTConfig, trainer: TrainerConfig, run: Run
                                         "encoder_params": encoder_parameters(student.model)}
     teachers, teacher = _teacher_vectors(setup, config, sentences, methods, trainer.seed)
     if teacher is not None and setup.evaluate_teacher:
-        hf = teacher[0].auto_model
-        scored = {n: 100 * STSEvaluator(p, teacher.tokenizer, "mean", max_length=setup.max_length)(hf)["spearman"]
+        hf, pooling = teacher[0].auto_model, sentence_transformer_pooling(teacher, f"--teacher {setup.teacher}")
+        scored = {n: 100 * STSEvaluator(p, teacher.tokenizer, pooling, max_length=setup.max_length)(hf)["spearman"]
                   for n, p in pairs.items()}
         metrics["models"]["teacher"] = {"spearman": scored, "encoder_params": encoder_parameters(hf)}
     for method in methods:

@@ -49,6 +49,23 @@ class EmbeddingError(PlmkitError):
     """A model or input that cannot be embedded or exported; the message says how to fix it."""
 
 
+def sentence_transformer_pooling(model: Any, name: str = "the model") -> str:
+    """The pooling a loaded ``SentenceTransformer`` applies, as :data:`POOLINGS` names it.
+
+    Read from its Pooling module (module 1): the ``pooling_mode`` of newer configs or the
+    ``pooling_mode_*`` flags of older ones. A model without one, or with a mode ``encode`` has no form
+    of (max, weighted mean, ...), is an :class:`EmbeddingError`.
+    """
+    config = model[1].get_config_dict() if len(model) > 1 and hasattr(model[1], "get_config_dict") else {}
+    flags = {flag: mode for mode, flag in _ST_POOLING_FLAGS.items()}
+    mode = config.get("pooling_mode") or next((m for flag, m in flags.items() if config.get(flag)), None)
+    mode = {"lasttoken": "last"}.get(mode, mode)
+    if mode not in POOLINGS:
+        raise EmbeddingError(f"{name} pools with {mode or 'no Pooling module'!r}, which is not one of {POOLINGS}; "
+                             "fix: score it with sentence-transformers directly")
+    return mode
+
+
 def _check_encode_args(sentences: Any, pooling: str, batch_size: int, max_length: int) -> list[str]:
     if isinstance(sentences, str) or not isinstance(sentences, Sequence):
         raise ConfigError(f"sentences must be a list of strings, got {type(sentences).__name__} "

@@ -13,20 +13,6 @@ import argparse
 import json
 from pathlib import Path
 
-_ST_MODES = {"mean": "mean", "cls": "cls", "lasttoken": "last"}  # sentence-transformers name -> ours
-_ST_FLAGS = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls",
-             "pooling_mode_lasttoken": "lasttoken"}  # the older Pooling configs' flags
-
-
-def folder_pooling(model, folder: str) -> str:
-    """The pooling the folder's Pooling module applies, as ``plmkit.models.pool`` names it; else a clear exit."""
-    config = model[1].get_config_dict() if len(model) > 1 else {}
-    mode = config.get("pooling_mode") or next((m for flag, m in _ST_FLAGS.items() if config.get(flag)), None)
-    if mode not in _ST_MODES:
-        raise SystemExit(f"error: {folder}: pooling {mode or config!r} is not one of {sorted(_ST_MODES)}; "
-                         "fix: score it with sentence-transformers directly")
-    return _ST_MODES[mode]
-
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -38,14 +24,17 @@ def main() -> int:
     from sentence_transformers import SentenceTransformer
 
     from plmkit.compress.sct_train import load_eval_pairs
-    from plmkit.embeddings import STSEvaluator
+    from plmkit.embeddings import EmbeddingError, STSEvaluator, sentence_transformer_pooling
 
     sets = [s.strip() for s in args.eval.split(",") if s.strip()]
     scores = {}
     for folder in args.models:
         model = SentenceTransformer(folder, device="cpu")
         hf = model[0].auto_model
-        pooling = folder_pooling(model, folder)
+        try:
+            pooling = sentence_transformer_pooling(model, folder)
+        except EmbeddingError as error:
+            raise SystemExit(f"error: {error}") from None
         scores[folder] = {s: 100 * STSEvaluator(load_eval_pairs(s), model.tokenizer, pooling,
                                                 max_length=args.max_length)(hf)["spearman"] for s in sets}
         print(folder, {Path(s).name: round(v, 2) for s, v in scores[folder].items()}, flush=True)

@@ -9,7 +9,13 @@ import pytest
 import torch
 from scipy.stats import pearsonr, spearmanr
 
-from plmkit.embeddings import EmbeddingError, STSEvaluator, encode, export_sentence_transformer
+from plmkit.embeddings import (
+    EmbeddingError,
+    STSEvaluator,
+    encode,
+    export_sentence_transformer,
+    sentence_transformer_pooling,
+)
 from plmkit.errors import ConfigError
 from plmkit.evaluation import Evaluator
 
@@ -144,6 +150,19 @@ def test_export_loads_in_sentence_transformers_and_reproduces_encode(make_encode
                   max_length=6)
     torch.testing.assert_close(theirs.cpu(), ours, atol=1e-5, rtol=1e-5)
     assert np.isclose(float(ours.norm(dim=-1).mean()), 1.0) == normalize
+    assert sentence_transformer_pooling(loaded) == pooling
+
+
+def test_sentence_transformer_pooling_refuses_modes_encode_lacks(make_encoder, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    backbone = make_encoder("bert")
+    folder = export_sentence_transformer(backbone.model, backbone.tokenizer, tmp_path / "st", pooling="cls")
+    config = json.loads((folder / "1_Pooling" / "config.json").read_text())
+    config.update(pooling_mode_cls_token=False, pooling_mode_max_tokens=True)
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(EmbeddingError, match="not one of"):
+        sentence_transformer_pooling(SentenceTransformer(str(folder), device="cpu"), "st")
 
 
 def test_export_refuses_a_model_with_attached_parameters(make_encoder, tmp_path):

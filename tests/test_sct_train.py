@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -78,16 +79,30 @@ def test_embed_command_end_to_end(tiny_backbone_dir, tmp_path, capsys):
     data = tmp_path / "sentences.txt"
     data.write_text("\n".join(SENTENCES * 2) + "\n\n")
     pairs = tmp_path / "pairs.jsonl"
-    rows = [{"text_a": a, "text_b": b, "label": float(i % 5)} for i, (a, b) in enumerate(zip(SENTENCES, SENTENCES[1:], strict=False))]
+    combos = list(itertools.combinations(SENTENCES, 2))  # 28 pairs: enough ranks to tell poolings apart
+    rows = [{"text_a": a, "text_b": b, "label": float(i * 7 % 5)} for i, (a, b) in enumerate(combos)]
     pairs.write_text("\n".join(json.dumps(r) for r in rows))
+    from transformers import AutoModel, AutoTokenizer
+
+    from plmkit.compress.sct_train import load_eval_pairs
+    from plmkit.embeddings import STSEvaluator
+
+    teacher_model = AutoModel.from_pretrained(tiny_backbone_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_backbone_dir)
+    teacher = export_sentence_transformer(teacher_model, tokenizer, tmp_path / "teacher", pooling="cls")
     out = tmp_path / "run"
-    code = main(["embed", "--model", str(tiny_backbone_dir), "--layers", "1", "--teacher", str(tiny_backbone_dir),
+    code = main(["embed", "--model", str(tiny_backbone_dir), "--layers", "1", "--teacher", str(teacher),
                  "--data", str(data), "--eval", str(pairs), "--methods", "sct-distill,mse", "--max-steps", "2",
                  "--batch-size", "4", "--queue-size", "16", "--projector-depth", "1", "--no-progress",
                  "--teacher-cache", str(tmp_path / "cache"), "--output-dir", str(out)])
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["models"]) == {"raw student", "teacher", "sct-distill", "mse"}
+    # the teacher is scored with its own (CLS) pooling, as its cached embeddings are
+    evaluator = {mode: STSEvaluator(load_eval_pairs(str(pairs)), tokenizer, mode) for mode in ("cls", "mean")}
+    by_pooling = {mode: 100 * score(teacher_model)["spearman"] for mode, score in evaluator.items()}
+    assert by_pooling["cls"] != by_pooling["mean"]
+    assert metrics["models"]["teacher"]["spearman"][str(pairs)] == pytest.approx(by_pooling["cls"], abs=1e-6)
     assert metrics["layers"] == [0] and metrics["data"]["unique_used"] == len(SENTENCES)
     assert (out / "sct-distill" / "model" / "modules.json").is_file()
     assert "sct-distill" in capsys.readouterr().out
