@@ -3,8 +3,9 @@
 A pre-LN layer h <- h + F(h) is one forward-Euler step of size 1 of dh/dt = F(h). With one shared
 block applied ``depth`` = T times, the plain shared stack is Euler with n = T steps on [0, T]; at
 inference take n < T steps of size s = T / n, h <- h + s F(h): compute falls by T / n. A partially
-shared model has k blocks; block i is the field on [i T/k, (i+1) T/k] and each segment takes n / k
-steps (n must be a multiple of k). Higher-order and adaptive solvers are in :mod:`.ode_solvers`.
+shared model has k blocks; block i is the field on [i T/k, (i+1) T/k), and step j of n evaluates the
+block whose segment holds the step's midpoint (for k | n: n / k steps per segment). Higher-order and
+adaptive solvers are in :mod:`.ode_solvers`.
 
 The field of one block (attention A and feed-forward M with their own pre-norms N_a, N_f):
 
@@ -23,6 +24,16 @@ Step-robust training: in training mode the encoder draws the step count of each 
 ``train_steps`` with a generator seeded by (seed, counter), where seed and counter are persistent
 buffers: every rank draws the same counts (ZeRO-3 needs the same module calls on every rank) and a
 resumed run replays them, independent of the global RNG (which the trainer seeds with seed + rank).
+
+Trajectory distillation (:class:`TrajectoryDistillation`): the dense model's hidden state after layer
+t is a point of the trajectory at time t. An n-step solve passes times t_j = j T / n; wherever t_j is
+an integer, the student's state there is matched to the teacher's layer t_j, both layer-normalised
+without affine (the pre-LN stream is not normalised, the post-LN teacher's is):
+
+    L_traj = mean_{j: t_j integer, t_j > 0}  sum_m ||LN(h(t_j)) - LN(h^teacher_{t_j})||^2 / sum_m ||LN(h^teacher_{t_j})||^2
+
+(sums over real tokens m), and loss = (1 - alpha) CE + alpha T^2 KL(teacher || student) + gamma L_traj.
+With steps drawn per batch, the few-step solves are trained to pass through the dense model's states.
 """
 
 from __future__ import annotations
@@ -36,6 +47,8 @@ from torch.nn import functional as F
 
 from plmkit.compress.ode_solvers import EVALS_PER_STEP, FIXED_SOLVERS, STEPPERS, check_solver, solve_adaptive
 from plmkit.errors import ConfigError
+from plmkit.losses.distillation import hidden_state_loss, logits_and_hidden, soft_target_loss
+from plmkit.losses.task import loss_from_logits
 
 INITS = ("average", "layer", "mpo", "random")
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "gelu_new": lambda x: F.gelu(x, approximate="tanh")}
@@ -220,8 +233,12 @@ class ODEEncoder(nn.Module):
         self.steps = self.config.check_steps(steps or self.config.depth)
         self.solver = check_solver(solver or self.solver)
 
-    def integrate(self, h: torch.Tensor, mask: torch.Tensor | None, steps: int, solver: str) -> torch.Tensor:
-        """h(T) from h(0) = ``h``: ``steps`` fixed steps of size T / steps, or adaptively segment by segment."""
+    def integrate(self, h: torch.Tensor, mask: torch.Tensor | None, steps: int, solver: str,
+                  states: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+        """h(T) from h(0) = ``h``: ``steps`` fixed steps of size T / steps, or adaptively segment by segment.
+
+        ``states``, when given, receives h(t) at every integer time t > 0 that a fixed step ends on.
+        """
         def field(block: nn.Module):
             return lambda x: block(x, mask)
 
@@ -234,11 +251,14 @@ class ODEEncoder(nn.Module):
         size, step = self.config.depth / steps, STEPPERS[solver]
         for j in range(steps):
             h = step(field(self.blocks[block_of_step(j, steps, len(self.blocks))]), h, size)
+            if states is not None and (j + 1) * self.config.depth % steps == 0:
+                states[(j + 1) * self.config.depth // steps] = h
         self.last_evals = steps * EVALS_PER_STEP[solver]
         return h
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+                token_type_ids: torch.Tensor | None = None, return_states: bool = False):
+        """(batch, seq, hidden); with ``return_states`` also {t: h(t)} at the integer times steps end on."""
         kwargs = {"input_ids": input_ids}
         if self.takes_token_types and token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
@@ -249,7 +269,9 @@ class ODEEncoder(nn.Module):
             steps, solver = self.schedule.draw(), self.config.train_solver
         else:
             steps, solver = self.steps, self.solver
-        return self.final_norm(self.integrate(h, mask, steps, solver))
+        states: dict[int, torch.Tensor] | None = {} if return_states else None
+        out = self.final_norm(self.integrate(h, mask, steps, solver, states))
+        return (out, states) if return_states else out
 
 
 class ODEClassifier(nn.Module):
@@ -266,3 +288,54 @@ class ODEClassifier(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None, **_: object) -> torch.Tensor:
         return self.head(self.encoder(input_ids, attention_mask, token_type_ids), attention_mask)
+
+    def logits_and_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                          token_type_ids: torch.Tensor | None = None, **_: object):
+        """Logits and {t: h(t)} at the integer times the current solve's steps end on (one pass)."""
+        out, states = self.encoder(input_ids, attention_mask, token_type_ids, return_states=True)
+        return self.head(out, attention_mask), states
+
+
+@dataclass(eq=False)
+class TrajectoryDistillation:
+    """``loss(model, batch) -> {"loss", "task", "soft", "trajectory"}``: logits and trajectory from a dense teacher.
+
+    See the module docstring for the equation. The teacher is an encoder + head classifier
+    (:func:`plmkit.models.build_classifier`) with as many layers as the ODE model's depth T; it is frozen,
+    put in eval mode and run under ``torch.no_grad``.
+    """
+
+    teacher: nn.Module
+    alpha: float = 0.5
+    """Weight of the soft (logit) term; the task loss gets 1 - alpha."""
+    temperature: float = 2.0
+    weight: float = 1.0
+    """Weight gamma of the trajectory term."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"distillation weight must be in [0, 1], got {self.alpha}")
+        if not 0.0 <= self.weight < float("inf"):
+            raise ConfigError(f"trajectory weight must be a finite number >= 0, got {self.weight}")
+        if not hasattr(self.teacher, "encoder_inputs"):
+            raise ConfigError("trajectory distillation needs an encoder + head classifier "
+                              "(plmkit.models.build_classifier) as the teacher")
+        self.teacher.eval().requires_grad_(False)
+
+    def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        logits, states = model.logits_and_states(**batch)
+        with torch.no_grad():
+            target, target_hidden = logits_and_hidden(self.teacher, batch)
+        depth = model.encoder.config.depth
+        if len(target_hidden) - 1 != depth:
+            raise ConfigError(f"trajectory distillation matches time t to teacher layer t: the ODE model's depth "
+                              f"{depth} must equal the teacher's {len(target_hidden) - 1} layers")
+        times = sorted(states)
+        hidden = target_hidden[0].shape[-1]
+        trajectory = hidden_state_loss([F.layer_norm(states[t].float(), (hidden,)) for t in times],
+                                       [F.layer_norm(target_hidden[t].float(), (hidden,)) for t in times],
+                                       batch["attention_mask"])
+        task = loss_from_logits(logits, batch["labels"])
+        soft = soft_target_loss(logits, target, self.temperature)
+        total = (1.0 - self.alpha) * task + self.alpha * soft + self.weight * trajectory
+        return {"loss": total, "task": task, "soft": soft, "trajectory": trajectory}

@@ -32,7 +32,7 @@ from plmkit.anatomy import locate
 from plmkit.backbones import DEFAULT_ENCODER, load_encoder
 from plmkit.compress.distill import distillation_loss
 from plmkit.compress.jobs import forward_latency_ms, latency_batch
-from plmkit.compress.ode import ODEClassifier, ODEConfig, parse_steps
+from plmkit.compress.ode import ODEClassifier, ODEConfig, TrajectoryDistillation, parse_steps
 from plmkit.compress.ode_build import build_ode_encoder, save_ode_model
 from plmkit.errors import ConfigError
 from plmkit.flops import count_flops
@@ -68,6 +68,9 @@ class ODESetup(DataArgs):
     """Weight of distillation from the fine-tuned dense model for the shared model and the baseline (0: none)."""
     distill_temperature: float = 2.0
     """Softmax temperature of the distillation term."""
+    distill_trajectory: float = 0.0
+    """Weight of trajectory distillation for the shared model: its state at each integer time a step ends on,
+    layer-normalised, matched to the dense model's layer at that time (0: none)."""
     eval_steps: str = "auto"
     """Inference step counts to measure: 'auto' (T, T/2, T/4) or a comma list, e.g. '6,3,2,1'."""
     baseline: bool = True
@@ -92,6 +95,8 @@ class ODESetup(DataArgs):
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.distill <= 1.0:
             raise ConfigError(f"--distill must be in [0, 1], got {self.distill}")
+        if self.distill_trajectory < 0:
+            raise ConfigError(f"--distill-trajectory must be >= 0, got {self.distill_trajectory}")
         if self.latency_batch < 1 or self.latency_tokens < 1 or self.latency_rounds < 1:
             raise ConfigError("--latency-batch, --latency-tokens and --latency-rounds must be >= 1")
 
@@ -217,6 +222,14 @@ def ode_compress(setup: ODESetup, config: ODEConfig, trainer: TrainerConfig, run
     metrics["ode_config"] = {k: v for k, v in asdict(model.encoder.config).items() if k != "extra"}
     teacher = bool(setup.distill and dense_result is not None)
     loss = distillation_loss(dense, setup.distill, setup.distill_temperature) if teacher else None
+    if setup.distill_trajectory:
+        if dense_result is None:
+            raise ConfigError("--distill-trajectory needs the fine-tuned dense model as teacher: "
+                              "set --dense-epochs > 0 or a --dense-cache file")
+        if depth != len(locate(dense).layers):
+            raise ConfigError(f"--distill-trajectory matches time t to the dense model's layer t: --depth {depth} "
+                              f"must equal its {len(locate(dense).layers)} layers (or leave --depth unset)")
+        loss = TrajectoryDistillation(dense, setup.distill, setup.distill_temperature, setup.distill_trajectory)
     lr = setup.ode_learning_rate or trainer.learning_rate
     metrics["ode"] = finetune_and_evaluate(
         model, data, replace(trainer, epochs=_epochs(setup.ode_epochs, trainer), learning_rate=lr), run.path / "ode",

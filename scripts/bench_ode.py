@@ -67,6 +67,7 @@ def run_task(task: str, args: argparse.Namespace, folder: Path) -> dict:
                      max_eval_samples=args.eval_samples, max_length=args.max_length, eval_steps=args.eval_steps,
                      latency_batch=args.latency_batch, latency_tokens=args.latency_tokens,
                      ode_epochs=args.ode_epochs, ode_learning_rate=args.ode_learning_rate, distill=args.distill,
+                     distill_trajectory=args.distill_trajectory,
                      dense_epochs=args.dense_epochs, baseline_epochs=args.baseline_epochs,
                      baseline=not args.no_baseline, latency_rounds=args.latency_rounds,
                      dense_cache=_dense_cache(task, args))
@@ -101,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="epochs of each layer-dropped model (default --epochs)")
     parser.add_argument("--no-baseline", action="store_true", help="skip layer dropping (lever runs)")
     parser.add_argument("--distill", type=float, default=0.5)
+    parser.add_argument("--distill-trajectory", type=float, default=0.0,
+                        help="weight of trajectory distillation of the shared model (0: none)")
     parser.add_argument("--init", default="average", help="average | layer | random | mpo")
     parser.add_argument("--init-layer", default="0", help="one layer for every block, or one per block: 0,2,4")
     parser.add_argument("--num-blocks", type=int, default=1)

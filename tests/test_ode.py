@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -9,7 +10,15 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from plmkit.compress.ode import ODEClassifier, ODEConfig, ODEEncoder, SharedBlock, StepSchedule, parse_steps
+from plmkit.compress.ode import (
+    ODEClassifier,
+    ODEConfig,
+    ODEEncoder,
+    SharedBlock,
+    StepSchedule,
+    TrajectoryDistillation,
+    parse_steps,
+)
 from plmkit.compress.ode_build import build_ode_encoder, load_ode_model, save_ode_model
 from plmkit.compress.ode_solvers import solve_adaptive, solve_fixed
 from plmkit.errors import ConfigError
@@ -270,6 +279,61 @@ def test_training_forward_draws_steps_and_eval_uses_the_setting(make_encoder):
     model.eval().set_steps(2)
     model(ids, mask)
     assert model.encoder.last_evals == 2 and int(model.encoder.schedule.counter) == 6
+
+
+def _relative_error_by_hand(student, teacher, mask):
+    """sum over real tokens of ||a - b||^2 / sum of ||b||^2, after a plain per-token standardisation."""
+    def standardise(x):
+        x = x.double()
+        return (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, unbiased=False, keepdim=True) + 1e-5)
+
+    a, b, real = standardise(student), standardise(teacher), mask.bool()
+    return float(((a - b)[real] ** 2).sum() / (b[real] ** 2).sum())
+
+
+def test_trajectory_distillation_matches_a_hand_computation(make_encoder):
+    """States at the integer times the steps end on, matched to the teacher's layers; logits as in KD."""
+    backbone = make_encoder("bert")
+    teacher = build_classifier(backbone.model, 2)
+    depth = len(teacher.encoder.encoder.layer)
+    assert depth == 2  # the tiny encoder; times 1, 2 below
+    student = ODEClassifier(build_ode_encoder(teacher.encoder, ODEConfig(init="random")), copy.deepcopy(teacher.head))
+    ids, mask = _batch()
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([0, 1, 1])}
+    loss = TrajectoryDistillation(teacher, alpha=0.3, temperature=2.0, weight=0.7)
+    student.eval()
+    encoder, m = student.encoder, mask.bool()[:, None, None, :]
+    with torch.no_grad():
+        hidden = teacher.encoder(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+        target = teacher(**batch)
+        h0 = encoder.embeddings(input_ids=ids)
+        h1 = h0 + encoder.blocks[0](h0, m)
+        h2 = h1 + encoder.blocks[0](h1, m)
+        two_step = [_relative_error_by_hand(h1, hidden[1], mask), _relative_error_by_hand(h2, hidden[2], mask)]
+        one_step = _relative_error_by_hand(h0 + 2 * encoder.blocks[0](h0, m), hidden[2], mask)
+        h = h0
+        for _ in range(3):  # times 2/3, 4/3, 2: only t = 2 is a teacher layer
+            h = h + 2 / 3 * encoder.blocks[0](h, m)
+        three_step = _relative_error_by_hand(h, hidden[2], mask)
+    for steps, expected in ((2, sum(two_step) / 2), (1, one_step), (3, three_step)):
+        student.set_steps(steps)
+        terms = loss(student, batch)
+        logits = student(**batch).detach()
+        p_t, log_p_s = torch.softmax(target / 2, -1), torch.log_softmax(logits / 2, -1)
+        soft = float((p_t * (torch.log(p_t) - log_p_s)).sum(-1).mean() * 4)
+        task = float(F.cross_entropy(logits, batch["labels"]))
+        assert float(terms["trajectory"]) == pytest.approx(expected, rel=1e-4), steps
+        assert float(terms["soft"]) == pytest.approx(soft, rel=1e-4)
+        assert float(terms["task"]) == pytest.approx(task, rel=1e-5)
+        assert float(terms["loss"]) == pytest.approx(0.7 * task + 0.3 * soft + 0.7 * expected, rel=1e-4)
+    terms["loss"].backward()  # the teacher is frozen; every shared block weight learns
+    assert all(p.grad is None for p in teacher.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in encoder.blocks.parameters())
+    deeper = ODEClassifier(build_ode_encoder(teacher.encoder, ODEConfig(depth=4, init="random")), teacher.head)
+    with pytest.raises(ConfigError, match="depth 4 must equal the teacher's 2 layers"):
+        loss(deeper, batch)
+    with pytest.raises(ConfigError, match="encoder \\+ head"):
+        TrajectoryDistillation(student.encoder)
 
 
 def test_parse_steps():
