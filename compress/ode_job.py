@@ -30,7 +30,6 @@ from torch import nn
 from plmkit import distributed
 from plmkit.anatomy import locate
 from plmkit.backbones import DEFAULT_ENCODER, load_encoder
-from plmkit.compress.distill import distillation_loss
 from plmkit.compress.jobs import forward_latency_ms, latency_batch
 from plmkit.compress.ode import ODEClassifier, ODEConfig, TrajectoryDistillation, parse_steps
 from plmkit.compress.ode_build import build_ode_encoder, save_ode_model
@@ -39,6 +38,7 @@ from plmkit.flops import count_flops
 from plmkit.io import save_tensors_atomic
 from plmkit.jobs import DataArgs, finetune_and_evaluate
 from plmkit.layers import keep_layers
+from plmkit.losses import DistillationLoss
 from plmkit.models import build_classifier
 from plmkit.report import plot_labelled_lines
 from plmkit.runs import RunFolder, environment
@@ -69,8 +69,9 @@ class ODESetup(DataArgs):
     distill_temperature: float = 2.0
     """Softmax temperature of the distillation term."""
     distill_trajectory: float = 0.0
-    """Weight of trajectory distillation for the shared model: its state at each integer time a step ends on,
-    layer-normalised, matched to the dense model's layer at that time (0: none)."""
+    """Weight of trajectory distillation: the shared model's state at each integer time a step ends on,
+    layer-normalised, matched to the dense model's layer at that time; the baseline's layer j likewise to
+    the dense layer jT/n (0: none)."""
     eval_steps: str = "auto"
     """Inference step counts to measure: 'auto' (T, T/2, T/4) or a comma list, e.g. '6,3,2,1'."""
     baseline: bool = True
@@ -124,6 +125,12 @@ def _ode_rows(model: ODEClassifier, steps: tuple[int, ...], data: TaskData, batc
     return rows, timed
 
 
+def _logit_distillation(dense: nn.Module, setup: ODESetup, hidden_weight: float = 0.0) -> DistillationLoss:
+    """(1 - distill) CE + distill T^2 KL, plus hidden_weight times the uniformly mapped hidden-state term."""
+    return DistillationLoss(dense, beta=setup.distill, temperature=setup.distill_temperature,
+                            hidden_weight=hidden_weight, task_weight=1.0 - setup.distill, layer_map="uniform")
+
+
 def _baseline_rows(dense: nn.Module, budgets: list[int], setup: ODESetup, trainer: TrainerConfig, run: RunFolder,
                    data: TaskData, batch: dict[str, Any], metric: str,
                    teacher: bool) -> tuple[list[dict[str, Any]], list[tuple[nn.Module, int | None]]]:
@@ -135,7 +142,9 @@ def _baseline_rows(dense: nn.Module, budgets: list[int], setup: ODESetup, traine
         model = keep_layers(copy.deepcopy(dense), list(range(n)))
         model.requires_grad_(True).train()
         if epochs:
-            loss = distillation_loss(dense, setup.distill, setup.distill_temperature) if teacher else None
+            # the same signals as the shared model: logits, and with --distill-trajectory its layer j matched
+            # to the dense layer at the same depth, jT/n (the trajectory's points)
+            loss = _logit_distillation(dense, setup, hidden_weight=setup.distill_trajectory) if teacher else None
             finetune_and_evaluate(model, data, replace(trainer, epochs=epochs), run.path / f"drop-{n}", loss=loss)
         rows.append({"model": "layer dropping", "steps": n, "evals": n, **_scores(model, data, batch, metric)})
         timed.append((model, None))
@@ -220,8 +229,8 @@ def ode_compress(setup: ODESetup, config: ODEConfig, trainer: TrainerConfig, run
     model.encoder.schedule.reseed(trainer.seed)
     depth = model.encoder.config.depth
     metrics["ode_config"] = {k: v for k, v in asdict(model.encoder.config).items() if k != "extra"}
-    teacher = bool(setup.distill and dense_result is not None)
-    loss = distillation_loss(dense, setup.distill, setup.distill_temperature) if teacher else None
+    teacher = bool((setup.distill or setup.distill_trajectory) and dense_result is not None)
+    loss = _logit_distillation(dense, setup) if teacher else None
     if setup.distill_trajectory:
         if dense_result is None:
             raise ConfigError("--distill-trajectory needs the fine-tuned dense model as teacher: "

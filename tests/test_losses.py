@@ -157,10 +157,21 @@ def test_bad_teacher_lists_are_refused(teachers, match):
 @pytest.mark.parametrize("settings, match", [
     ({"beta": -0.1}, "beta"), ({"beta": float("nan")}, "beta"), ({"temperature": 0.0}, "temperature"),
     ({"soft": "cosine"}, "soft term"), ({"hidden_weight": 1.0}, "encoder \\+ head"),
+    ({"layer_map": "skip"}, "layer_map"),
 ])
 def test_bad_distillation_settings_are_refused(settings, match):
     with pytest.raises(ConfigError, match=match):
         DistillationLoss(_Toy(), **settings)
+
+
+@pytest.mark.parametrize("student, teacher, pairs", [
+    (3, 6, [(1, 2), (2, 4), (3, 6)]), (2, 6, [(1, 3), (2, 6)]), (4, 6, [(2, 3), (4, 6)]),
+    (6, 6, [(j, j) for j in range(1, 7)]), (1, 4, [(1, 4)]),
+])
+def test_uniform_layer_pairs_keep_the_student_layers_that_sit_on_a_teacher_layer(student, teacher, pairs):
+    from plmkit.losses import uniform_layer_pairs
+
+    assert uniform_layer_pairs(student, teacher) == pairs
 
 
 def test_the_old_compress_signature_still_mixes_with_alpha():

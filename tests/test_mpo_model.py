@@ -12,6 +12,7 @@ from torch import nn
 from plmkit.compress.mpo_io import MPOLoadError, export_dense, load_mpo_model, save_mpo_model
 from plmkit.compress.mpo_linear import MPOLinear
 from plmkit.compress.mpo_model import MPOConfig, attach_mpo, count_parameters, relative_errors
+from plmkit.losses import DistillationLoss
 from plmkit.models import build_classifier
 
 TEXTS = ["the movie was great fun", "not good at all", "a boring plot and awful actors"]
@@ -236,6 +237,13 @@ def test_hidden_state_distillation_adds_the_per_layer_relative_error(make_encode
     shallower.encoder.config.num_hidden_layers = 1
     with pytest.raises(ValueError, match="same depth"):
         distillation_loss(teacher, 0.5, hidden_weight=1.0)(shallower, batch)
+    # uniform map: the 1-layer student's layer 1 sits at the 2-layer teacher's layer 2
+    with torch.no_grad():
+        hs1 = shallower.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                output_hidden_states=True).hidden_states
+    mapped = float((hs1[1][mask] - ht[2][mask]).square().sum() / ht[2][mask].square().sum())
+    terms = DistillationLoss(teacher, hidden_weight=2.0, layer_map="uniform")(shallower, batch)
+    assert mapped > 0 and float(terms["hidden"]) == pytest.approx(mapped, rel=1e-4)
     with pytest.raises(ValueError, match=">= 0"):
         distillation_loss(teacher, 0.5, hidden_weight=-1.0)
 

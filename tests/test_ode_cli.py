@@ -37,15 +37,15 @@ def test_ode_cli_writes_table_plot_and_a_model_that_reloads_with_any_steps(tmp_p
     assert logits.shape == (1, 2) and loaded.model.encoder.last_evals == 2
 
 
-@pytest.mark.slow  # two trainings (dense, shared): ~40 s on the shared CPU
-def test_ode_cli_trains_with_trajectory_distillation_and_logs_its_term(tmp_path, tiny_backbone_dir, capsys):
+@pytest.mark.slow  # three trainings (dense, shared, one dropped-layer model): ~40 s on the shared CPU
+def test_ode_cli_trains_both_sides_with_trajectory_distillation_and_logs_its_terms(tmp_path, tiny_backbone_dir, capsys):
     from plmkit.cli import main
     from tests.test_cli import _write_task
 
     task = _write_task(tmp_path / "task")
     common = ["compress", "ode", "--backbone", str(tiny_backbone_dir), "--task", str(task), "--epochs", "1",
               "--batch-size", "8", "--max-length", "16", "--latency-batch", "2", "--latency-tokens", "8",
-              "--no-progress", "--no-save-checkpoints", "--no-baseline", "--distill-trajectory", "0.5"]
+              "--no-progress", "--no-save-checkpoints", "--distill-trajectory", "0.5"]
     assert main([*common, "--depth", "4", "--output-dir", str(tmp_path / "deep")]) == 2
     assert "--depth 4 must equal its 2 layers" in capsys.readouterr().err
     run = tmp_path / "ode"
@@ -53,6 +53,9 @@ def test_ode_cli_trains_with_trajectory_distillation_and_logs_its_term(tmp_path,
     lines = [json.loads(line) for line in (run / "ode" / "train_log.jsonl").read_text().splitlines()]
     logged = [entry for entry in lines if "trajectory" in entry]
     assert len(logged) >= 5 and all(entry["trajectory"] > 0 and "soft" in entry for entry in logged)
+    # the baseline (first layer kept) gets the same signal: its layer 1 matched to the dense layer 2
+    lines = [json.loads(line) for line in (run / "drop-1" / "train_log.jsonl").read_text().splitlines()]
+    assert len([entry for entry in lines if entry.get("hidden", 0) > 0]) >= 5
 
 
 def test_dense_cache_is_reused_only_for_the_settings_it_was_made_with(tmp_path, make_encoder):

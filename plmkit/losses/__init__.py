@@ -25,6 +25,7 @@ from plmkit.losses.distillation import (
     Teacher,
     hidden_state_loss,
     soft_target_loss,
+    uniform_layer_pairs,
 )
 from plmkit.losses.task import classification_loss, loss_from_logits
 
@@ -32,7 +33,8 @@ LossOutput = "torch.Tensor | dict[str, torch.Tensor]"
 Loss = Callable[[torch.nn.Module, Any], Any]
 
 __all__ = ["DistillationLoss", "Loss", "LossContractError", "MultiTeacherDistillationLoss", "Teacher",
-           "classification_loss", "hidden_state_loss", "loss_from_logits", "soft_target_loss", "total_and_terms"]
+           "classification_loss", "hidden_state_loss", "loss_from_logits", "soft_target_loss", "total_and_terms",
+           "uniform_layer_pairs"]
 
 
 class LossContractError(PlmkitError, TypeError):

@@ -18,7 +18,11 @@ on real tokens only (attention mask m):
     L_hidden = mean_l  sum m * ||h_l^s - h_l^t||^2  /  sum m * ||h_l^t||^2
 
 which is scale-free across layers. It needs an encoder + head classifier (``encoder_inputs``,
-``encoder``, ``head``) as teacher and student, of the same depth.
+``encoder``, ``head``) as teacher and student: of the same depth (``layer_map="same"``), or with
+``layer_map="uniform"`` a student of M layers matched to a teacher of T layers at the points where the
+student's layer j sits at the teacher's depth j T / M exactly (j = 1..M; TinyBERT's uniform map):
+
+    L_hidden = mean_{j >= 1: jT/M integer}  sum m * ||h_j^s - h_{jT/M}^t||^2  /  sum m * ||h_{jT/M}^t||^2
 
 The teacher is put in eval mode, frozen, and run under ``torch.no_grad``: it never receives a gradient.
 The loss returns named terms (``loss``, ``task``, ``soft`` and, when used, ``hidden``).
@@ -45,6 +49,7 @@ from plmkit.errors import ConfigError
 from plmkit.losses.task import loss_from_logits
 
 SOFT_KINDS = ("kl", "mse")
+LAYER_MAPS = ("same", "uniform")
 
 
 @dataclass(eq=False)
@@ -63,11 +68,15 @@ class DistillationLoss:
     """Weight gamma of the per-layer hidden-state term; 0 skips it (and its extra teacher outputs)."""
     task_weight: float = 1.0
     """Weight of the task loss on the labels (non-negative)."""
+    layer_map: str = "same"
+    """Hidden term pairs: ``same`` (layer l to layer l, same depth) or ``uniform`` (student j to teacher jT/M)."""
 
     def __post_init__(self) -> None:
         for name in ("beta", "hidden_weight", "task_weight"):
             _check_weight(name, getattr(self, name))
         _check_soft(self.temperature, self.soft)
+        if self.layer_map not in LAYER_MAPS:
+            raise ConfigError(f"distillation layer_map must be one of {LAYER_MAPS}, got {self.layer_map!r}")
         if self.hidden_weight and not hasattr(self.teacher, "encoder_inputs"):
             raise ConfigError("hidden-state distillation needs an encoder + head classifier "
                               "(plmkit.models.build_classifier) as the teacher")
@@ -79,7 +88,8 @@ class DistillationLoss:
             logits, hidden = logits_and_hidden(model, batch)
             with torch.no_grad():
                 target, target_hidden = logits_and_hidden(self.teacher, batch)
-            terms["hidden"] = hidden_state_loss(hidden, target_hidden, batch["attention_mask"])
+            pairs = uniform_layer_pairs(len(hidden) - 1, len(target_hidden) - 1) if self.layer_map == "uniform" else None
+            terms["hidden"] = hidden_state_loss(hidden, target_hidden, batch["attention_mask"], pairs)
         else:
             logits = model(**batch)
             with torch.no_grad():
@@ -169,14 +179,27 @@ def logits_and_hidden(model: nn.Module, batch: dict[str, torch.Tensor]):
     return model.head(out.last_hidden_state, batch["attention_mask"]), out.hidden_states
 
 
+def uniform_layer_pairs(student_layers: int, teacher_layers: int) -> list[tuple[int, int]]:
+    """(student, teacher) hidden-state indices (0 = embeddings) where student layer j is teacher layer jT/M."""
+    if student_layers < 1 or teacher_layers < 1:
+        raise ConfigError(f"a layer map needs layers on both sides, got {student_layers} and {teacher_layers}")
+    return [(j, j * teacher_layers // student_layers) for j in range(1, student_layers + 1)
+            if j * teacher_layers % student_layers == 0]
+
+
 def hidden_state_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor],
-                      attention_mask: torch.Tensor) -> torch.Tensor:
-    """Mean over layers of ||h_s - h_t||^2 / ||h_t||^2 on real tokens (scale-free across layers)."""
-    if len(student) != len(teacher):
-        raise ConfigError(f"hidden-state distillation needs the same depth: student has {len(student) - 1} "
-                          f"layers, teacher {len(teacher) - 1}")
+                      attention_mask: torch.Tensor, pairs: Sequence[tuple[int, int]] | None = None) -> torch.Tensor:
+    """Mean over layer pairs of ||h_s - h_t||^2 / ||h_t||^2 on real tokens (scale-free across layers).
+
+    ``pairs`` of (student, teacher) indices; by default every index, which needs the same depth.
+    """
+    if pairs is None:
+        if len(student) != len(teacher):
+            raise ConfigError(f"hidden-state distillation needs the same depth: student has {len(student) - 1} "
+                              f"layers, teacher {len(teacher) - 1} (or map them, layer_map='uniform')")
+        pairs = [(i, i) for i in range(len(student))]
     # (batch, tokens) -> (batch, tokens, 1)
     mask = attention_mask.unsqueeze(-1).float()
-    losses = [((s.float() - t.float()).square() * mask).sum() / (t.float().square() * mask).sum().clamp_min(1e-12)
-              for s, t in zip(student, teacher, strict=True)]
+    losses = [((student[i].float() - teacher[j].float()).square() * mask).sum()
+              / (teacher[j].float().square() * mask).sum().clamp_min(1e-12) for i, j in pairs]
     return torch.stack(losses).mean()
