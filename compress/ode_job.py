@@ -125,7 +125,7 @@ def _ode_rows(model: ODEClassifier, steps: tuple[int, ...], data: TaskData, batc
     return rows, timed
 
 
-def _logit_distillation(dense: nn.Module, setup: ODESetup, hidden_weight: float = 0.0) -> DistillationLoss:
+def _dense_distillation(dense: nn.Module, setup: ODESetup, hidden_weight: float = 0.0) -> DistillationLoss:
     """(1 - distill) CE + distill T^2 KL, plus hidden_weight times the uniformly mapped hidden-state term."""
     return DistillationLoss(dense, beta=setup.distill, temperature=setup.distill_temperature,
                             hidden_weight=hidden_weight, task_weight=1.0 - setup.distill, layer_map="uniform")
@@ -144,7 +144,7 @@ def _baseline_rows(dense: nn.Module, budgets: list[int], setup: ODESetup, traine
         if epochs:
             # the same signals as the shared model: logits, and with --distill-trajectory its layer j matched
             # to the dense layer at the same depth, jT/n (the trajectory's points)
-            loss = _logit_distillation(dense, setup, hidden_weight=setup.distill_trajectory) if teacher else None
+            loss = _dense_distillation(dense, setup, hidden_weight=setup.distill_trajectory) if teacher else None
             finetune_and_evaluate(model, data, replace(trainer, epochs=epochs), run.path / f"drop-{n}", loss=loss)
         rows.append({"model": "layer dropping", "steps": n, "evals": n, **_scores(model, data, batch, metric)})
         timed.append((model, None))
@@ -230,15 +230,17 @@ def ode_compress(setup: ODESetup, config: ODEConfig, trainer: TrainerConfig, run
     depth = model.encoder.config.depth
     metrics["ode_config"] = {k: v for k, v in asdict(model.encoder.config).items() if k != "extra"}
     teacher = bool((setup.distill or setup.distill_trajectory) and dense_result is not None)
-    loss = _logit_distillation(dense, setup) if teacher else None
+    layers = len(locate(dense).layers)
     if setup.distill_trajectory:
         if dense_result is None:
             raise ConfigError("--distill-trajectory needs the fine-tuned dense model as teacher: "
                               "set --dense-epochs > 0 or a --dense-cache file")
-        if depth != len(locate(dense).layers):
+        if depth != layers:
             raise ConfigError(f"--distill-trajectory matches time t to the dense model's layer t: --depth {depth} "
-                              f"must equal its {len(locate(dense).layers)} layers (or leave --depth unset)")
+                              f"must equal its {layers} layers (or leave --depth unset)")
         loss = TrajectoryDistillation(dense, setup.distill, setup.distill_temperature, setup.distill_trajectory)
+    else:
+        loss = _dense_distillation(dense, setup) if teacher else None
     lr = setup.ode_learning_rate or trainer.learning_rate
     metrics["ode"] = finetune_and_evaluate(
         model, data, replace(trainer, epochs=_epochs(setup.ode_epochs, trainer), learning_rate=lr), run.path / "ode",
@@ -247,7 +249,6 @@ def ode_compress(setup: ODESetup, config: ODEConfig, trainer: TrainerConfig, run
     steps = parse_steps(setup.eval_steps, depth)
     rows, timed = _ode_rows(model, steps, data, batch, metric)
     if setup.baseline:
-        layers = len(locate(dense).layers)
         budgets = sorted({row["evals"] for row in rows if row["evals"] < layers}, reverse=True)
         more_rows, more_timed = _baseline_rows(dense, budgets, setup, trainer, run, data, batch, metric, teacher)
         rows, timed = rows + more_rows, timed + more_timed
