@@ -39,6 +39,7 @@ from plmkit.io import save_tensors_atomic
 from plmkit.jobs import DataArgs, finetune_and_evaluate
 from plmkit.layers import keep_layers
 from plmkit.losses import DistillationLoss
+from plmkit.metrics import compute_metrics
 from plmkit.models import build_classifier
 from plmkit.report import plot_labelled_lines
 from plmkit.runs import RunFolder, environment
@@ -107,8 +108,13 @@ def _epochs(value: int | None, trainer: TrainerConfig) -> int:
 
 
 def _scores(model: nn.Module, data: TaskData, batch: dict[str, Any], metric: str) -> dict[str, Any]:
-    return {"gflops": count_flops(model, **batch) / 1e9, "validation": data.evaluate(model, "validation")[metric],
-            "test": data.evaluate(model, "test")[metric]}
+    """FLOPs of one forward of ``batch`` and the metric on both splits; the predictions under ``"predictions"``."""
+    row: dict[str, Any] = {"gflops": count_flops(model, **batch) / 1e9, "predictions": {}}
+    for split in ("validation", "test"):
+        predicted, labels = data.predict(model, split)
+        row[split] = compute_metrics(predicted, labels, is_regression=data.task.is_regression)[metric]
+        row["predictions"][split] = predicted.tolist()
+    return row
 
 
 def _ode_rows(model: ODEClassifier, steps: tuple[int, ...], data: TaskData, batch: dict[str, Any],
@@ -120,7 +126,7 @@ def _ode_rows(model: ODEClassifier, steps: tuple[int, ...], data: TaskData, batc
         rows.append({"model": f"shared ODE ({model.encoder.solver})", "steps": n,
                      "evals": model.encoder.last_evals, **row})
         timed.append((model, n))
-        logger.info("ODE %d steps: %s", n, row)
+        logger.info("ODE %d steps: validation %.4f, test %.4f", n, row["validation"], row["test"])
     model.set_steps(None)
     return rows, timed
 
@@ -148,7 +154,7 @@ def _baseline_rows(dense: nn.Module, budgets: list[int], setup: ODESetup, traine
             finetune_and_evaluate(model, data, replace(trainer, epochs=epochs), run.path / f"drop-{n}", loss=loss)
         rows.append({"model": "layer dropping", "steps": n, "evals": n, **_scores(model, data, batch, metric)})
         timed.append((model, None))
-        logger.info("first %d layers: %s", n, rows[-1])
+        logger.info("first %d layers: validation %.4f, test %.4f", n, rows[-1]["validation"], rows[-1]["test"])
     return rows, timed
 
 
@@ -253,11 +259,17 @@ def ode_compress(setup: ODESetup, config: ODEConfig, trainer: TrainerConfig, run
         more_rows, more_timed = _baseline_rows(dense, budgets, setup, trainer, run, data, batch, metric, teacher)
         rows, timed = rows + more_rows, timed + more_timed
     time_rows(rows, timed, batch, setup.latency_rounds)
+    predictions = [row.pop("predictions") for row in rows]
     metrics["table"] = rows
     metrics["latency_batch"] = [setup.latency_batch, setup.latency_tokens]
     metrics["latency_rounds"] = setup.latency_rounds
     if distributed.is_main_process():
         run.write_json("ode_table.json", {"task": task.name, "metric": metric, "rows": rows})
+        # per row, in the table's order: what it predicted on each split, for paired comparisons of rows
+        run.write_json("predictions.json", {
+            "labels": {split: [f["labels"].item() for f in getattr(data, split)] for split in ("validation", "test")},
+            "rows": [{"model": row["model"], "steps": row["steps"], **pred} for row, pred in zip(rows, predictions,
+                                                                                              strict=True)]})
         _plot(rows, run, metric, task.name)
         save_ode_model(run.path / "model", model, backbone.tokenizer,
                        extra={"label_names": task.label_names, "task": task.describe(), "backbone": backbone.name,

@@ -85,6 +85,31 @@ def _pearson(x: np.ndarray, y: np.ndarray) -> float:
     return float((dx * dy).sum() / denom)
 
 
+def paired_bootstrap(a: Any, b: Any, *, rounds: int = 10_000, level: float = 0.95, seed: int = 0) -> dict[str, float]:
+    """Mean of ``a - b`` over paired examples, with a percentile bootstrap interval over the examples.
+
+    ``a`` and ``b`` are per-example scores of two systems on the same examples (e.g. 1/0 for correct),
+    shape (n,), or (runs, n) for several runs (seeds) on the same examples, which are averaged per
+    example first, so the examples are what is resampled. Each round draws n example indices with
+    replacement (``numpy.random.default_rng(seed)``) and takes the mean difference d*; the interval is
+    the (1 - level)/2 and (1 + level)/2 quantiles of the d*, and ``p_not_ahead`` is the fraction of
+    rounds with d* <= 0 (a one-sided bootstrap p-value for "a is ahead of b").
+    """
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if x.shape != y.shape:
+        raise ConfigError(f"paired scores must have the same shape, got {x.shape} and {y.shape}")
+    if x.ndim not in (1, 2) or x.shape[-1] == 0:
+        raise ConfigError(f"expected per-example scores of shape (n,) or (runs, n) with n >= 1, got {x.shape}")
+    if rounds < 1 or not 0.0 < level < 1.0:
+        raise ConfigError(f"need rounds >= 1 and 0 < level < 1, got rounds={rounds}, level={level}")
+    diff = (x - y).reshape(-1, x.shape[-1]).mean(axis=0)  # (n,)
+    n = len(diff)
+    means = diff[np.random.default_rng(seed).integers(0, n, size=(rounds, n))].mean(axis=1)  # (rounds,)
+    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return {"difference": float(diff.mean()), "low": float(low), "high": float(high),
+            "p_not_ahead": float((means <= 0).mean()), "examples": n, "runs": 1 if x.ndim == 1 else x.shape[0]}
+
+
 def default_metric(is_regression: bool, num_labels: int | None = None) -> str:
     """Primary metric for a task; ``num_labels == 1`` also means regression (the Hugging Face convention)."""
     regression = is_regression or num_labels == 1

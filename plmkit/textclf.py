@@ -131,6 +131,11 @@ class TaskData:
     def evaluate(self, model: nn.Module, split: str = "validation", batch_size: int = 64) -> dict[str, float]:
         return evaluate(model, getattr(self, split), self.collator, self.task.is_regression, batch_size)
 
+    def predict(self, model: nn.Module, split: str = "validation", batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+        """(predictions, labels) on ``split`` in its order: class ids (argmax) or regression scores."""
+        outputs, labels = predict(model, getattr(self, split), self.collator, batch_size)
+        return (outputs if self.task.is_regression else outputs.argmax(axis=-1)), labels
+
     def evaluator(self, split: str = "validation", batch_size: int = 64) -> TaskEvaluator:
         """This split as an evaluator whose primary metric is the task's."""
         return TaskEvaluator(self, split, batch_size)

@@ -10,6 +10,14 @@ the fine-tuned dense model and fine-tunes each the same way (docs/ode.md has the
     python scripts/bench_ode.py --tasks rotten-tomatoes --train-samples 2000 --eval-samples 500 \
         --max-length 48 --epochs 2 --ode-epochs 3 --ode-learning-rate 2e-4 --latency-tokens 48
 
+Each run also keeps, per table row, which validation and test examples it got right, and compares the
+shared model with layer dropping at each budget (and with its own full step count) by a paired bootstrap
+over the examples (``plmkit.metrics.paired_bootstrap``: mean difference, 95 % interval, P(difference <= 0)).
+``--pool A.json B.json C.json`` pools runs of the same settings (seeds) the same way, averaging each
+example over the runs, without training anything:
+
+    python scripts/bench_ode.py --pool r42.json r43.json r44.json --out pooled.json
+
 Latency is the median over ``--latency-rounds`` interleaved rounds (every row timed once per round) of
 one eval forward of a fixed batch (``--latency-batch`` x ``--latency-tokens``) on the CPU; no GPU figures come from a machine without one. Prints one table
 per task and writes JSON (``--out``).
@@ -24,8 +32,57 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ("rotten-tomatoes", str(ROOT.parent / "shared" / "data" / "glue" / "sst2"))
+
+
+def _correct(run_path: Path) -> dict:
+    """Per split: the labels and, per table row ("model@steps"), a string of 1/0 for right/wrong per example."""
+    saved = json.loads((run_path / "predictions.json").read_text())
+    out = {}
+    for split, labels in saved["labels"].items():
+        digits = all(isinstance(y, int) and 0 <= y <= 9 for y in labels)
+        out[split] = {"labels": "".join(map(str, labels)) if digits else labels, "rows": {
+            f"{row['model']}@{row['steps']}": "".join("1" if p == y else "0"
+                                                      for p, y in zip(row[split], labels, strict=True))
+            for row in saved["rows"]}}
+    return out
+
+
+def _ode_key(correct: dict, steps: int) -> str:
+    return next(key for key in correct["test"]["rows"] if key.startswith("shared") and key.endswith(f"@{steps}"))
+
+
+def _paired(runs: list[dict], split: str, a_key: str, b_key: str) -> dict:
+    """Paired bootstrap of row a minus row b (points) on ``split`` over the runs' shared examples."""
+    from plmkit.metrics import paired_bootstrap
+
+    labels = runs[0][split]["labels"]
+    if any(run[split]["labels"] != labels for run in runs):
+        raise SystemExit(f"the runs did not score the same {split} examples (pass results of the same "
+                         "--eval-samples and data seed)")
+    a = np.array([[int(c) for c in run[split]["rows"][a_key]] for run in runs])  # (runs, examples)
+    b = np.array([[int(c) for c in run[split]["rows"][b_key]] for run in runs])
+    out = paired_bootstrap(a, b)
+    return {**{k: 100 * out[k] for k in ("difference", "low", "high")}, "p_not_ahead": out["p_not_ahead"],
+            "a": 100 * a.mean(), "b": 100 * b.mean(), "examples": out["examples"], "runs": out["runs"]}
+
+
+def _comparisons(runs: list[dict], full_steps: int, budgets: list[int]) -> list[dict]:
+    """For each budget n < T: shared at n minus layer dropping at n, and shared at n minus shared at T."""
+    out = []
+    for n in budgets:
+        ode = _ode_key(runs[0], n)
+        pairs = [("shared - layer dropping", ode, f"layer dropping@{n}"),
+                 ("shared - shared at full steps", ode, _ode_key(runs[0], full_steps))]
+        for name, a_key, b_key in pairs:
+            if b_key not in runs[0]["test"]["rows"]:
+                continue
+            for split in ("validation", "test"):
+                out.append({"steps": n, "comparison": name, "split": split, **_paired(runs, split, a_key, b_key)})
+    return out
 
 
 def _summary(rows: list[dict], full_steps: int) -> dict:
@@ -81,8 +138,40 @@ def run_task(task: str, args: argparse.Namespace, folder: Path) -> dict:
     metrics = ode_compress(setup, config, trainer, run)
     rows = metrics["table"]
     depth = metrics["ode_config"]["depth"]
-    return {"task": Path(task).name, "metric": metrics["metric"], "rows": rows, "summary": _summary(rows, depth),
-            "dense_fine_tuned": metrics.get("dense", {}).get("test"), "wall_time_s": time.perf_counter() - started}
+    correct = _correct(run.path)
+    budgets = sorted({r["steps"] for r in rows if r["model"].startswith("shared") and r["steps"] < depth}, reverse=True)
+    summary = {**_summary(rows, depth), "paired": _comparisons([correct], depth, budgets)}
+    return {"task": Path(task).name, "metric": metrics["metric"], "rows": rows, "summary": summary,
+            "correct": correct, "dense_fine_tuned": metrics.get("dense", {}).get("test"),
+            "wall_time_s": time.perf_counter() - started}
+
+
+def _paired_table(comparisons: list[dict], title: str) -> str:
+    from plmkit.report import format_table
+
+    return format_table(
+        [[c["comparison"], c["steps"], c["split"], f"{c['a']:.1f}", f"{c['b']:.1f}", f"{c['difference']:+.2f}",
+          f"[{c['low']:+.2f}, {c['high']:+.2f}]", f"{c['p_not_ahead']:.3f}"] for c in comparisons],
+        ["comparison (a - b)", "steps", "split", "a %", "b %", "a - b (points)", "95% CI", "P(a - b <= 0)"],
+        title=title)
+
+
+def pool(files: list[str], out: str) -> int:
+    """Pool several runs (seeds) of the same settings: paired bootstrap over examples, per task and budget."""
+    loaded = [json.loads(Path(f).read_text()) for f in files]
+    pooled = {"files": files, "tasks": []}
+    for name in dict.fromkeys(t["task"] for t in loaded[0]["tasks"]):
+        runs = [t for result in loaded for t in result["tasks"] if t["task"] == name]
+        if any("correct" not in run for run in runs):
+            raise SystemExit(f"{name}: a result has no per-example record (made before predictions were kept)")
+        full = runs[0]["summary"]["full_steps"]
+        budgets = [b["steps"] for b in runs[0]["summary"]["per_budget"] if b["steps"] < full]
+        comparisons = _comparisons([run["correct"] for run in runs], full, budgets)
+        pooled["tasks"].append({"task": name, "runs": len(runs), "comparisons": comparisons})
+        print("\n" + _paired_table(comparisons, f"{name}: {len(runs)} runs pooled per example"))
+    Path(out).write_text(json.dumps(pooled, indent=1))
+    print(f"wrote {out}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,9 +205,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder of fine-tuned dense weights reused across runs ('' : none)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--out", default=str(ROOT / "scripts" / "results" / "bench_ode.json"))
+    parser.add_argument("--pool", nargs="+", metavar="RESULT",
+                        help="no training: pool these result files (seeds of one setting) and write --out")
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(ROOT))
+    if args.pool:
+        return pool(args.pool, args.out)
     from plmkit.cliargs import quiet_libraries
     from plmkit.report import format_table
 
@@ -134,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
                  for r in result["rows"]],
                 ["model", "steps/layers", "latency ms", "GFLOPs", f"validation {key}", f"test {key}"],
                 title=f"{result['task']} ({result['wall_time_s']:.0f} s)"))
-            print(json.dumps(result["summary"], indent=1))
+            print(json.dumps({k: v for k, v in result["summary"].items() if k != "paired"}, indent=1))
+            print(_paired_table(result["summary"]["paired"], f"{result['task']}: paired over examples"))
             Path(args.out).write_text(json.dumps(results, indent=1))
     print(f"wrote {args.out}")
     return 0

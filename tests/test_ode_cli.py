@@ -30,6 +30,12 @@ def test_ode_cli_writes_table_plot_and_a_model_that_reloads_with_any_steps(tmp_p
     assert ode[4]["gflops"] > ode[2]["gflops"] > ode[1]["gflops"]
     assert abs(ode[1]["gflops"] - drop[1]["gflops"]) < 0.05 * drop[1]["gflops"]  # equal compute
     assert (run / "accuracy_latency.png").stat().st_size > 1000
+    saved = json.loads((run / "predictions.json").read_text())  # one entry per table row, in its order
+    assert [(r["model"], r["steps"]) for r in saved["rows"]] == [(r["model"], r["steps"]) for r in table]
+    for row, predicted in zip(table, saved["rows"], strict=True):
+        for split in ("validation", "test"):
+            hits = [p == y for p, y in zip(predicted[split], saved["labels"][split], strict=True)]
+            assert sum(hits) / len(hits) == pytest.approx(row[split])
     loaded = load_ode_model(run / "model", steps=2)
     batch = loaded.tokenizer(["the movie was great"], return_tensors="pt")
     with torch.no_grad():
@@ -56,6 +62,28 @@ def test_ode_cli_trains_both_sides_with_trajectory_distillation_and_logs_its_ter
     # the baseline (first layer kept) gets the same signal: its layer 1 matched to the dense layer 2
     lines = [json.loads(line) for line in (run / "drop-1" / "train_log.jsonl").read_text().splitlines()]
     assert len([entry for entry in lines if entry.get("hidden", 0) > 0]) >= 5
+
+
+def test_table_scores_keep_each_prediction_and_agree_with_the_evaluator(tmp_path, make_encoder):
+    from plmkit.compress.jobs import latency_batch
+    from plmkit.compress.ode_job import ODESetup, _scores
+    from plmkit.models import build_classifier
+    from plmkit.textclf import TaskData
+    from tests.test_cli import _write_task
+
+    backbone = make_encoder("bert")
+    setup = ODESetup(task=str(_write_task(tmp_path / "task")), max_length=16)
+    data = TaskData(setup.load(setup.task), backbone.tokenizer, 16)
+    model = build_classifier(backbone.model, 2).eval()
+    row = _scores(model, data, latency_batch(backbone.tokenizer, 2, 8), "accuracy")
+    assert row["gflops"] > 0
+    for split in ("validation", "test"):
+        features = getattr(data, split)
+        with torch.no_grad():  # one example at a time, no padding: an independent reading of the predictions
+            own = [model(input_ids=torch.tensor([f["input_ids"]]),
+                         attention_mask=torch.tensor([f["attention_mask"]])).argmax(-1).item() for f in features]
+        assert row["predictions"][split] == own
+        assert row[split] == pytest.approx(data.evaluate(model, split)["accuracy"])
 
 
 def test_dense_cache_is_reused_only_for_the_settings_it_was_made_with(tmp_path, make_encoder):
