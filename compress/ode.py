@@ -25,7 +25,7 @@ Step-robust training: in training mode the encoder draws the step count of each 
 buffers: every rank draws the same counts (ZeRO-3 needs the same module calls on every rank) and a
 resumed run replays them, independent of the global RNG (which the trainer seeds with seed + rank).
 
-Trajectory distillation (:class:`TrajectoryDistillation`): the dense model's hidden state after layer
+Trajectory distillation (:func:`trajectory_distillation`): the dense model's hidden state after layer
 t is a point of the trajectory at time t. An n-step solve passes times t_j = j T / n; wherever t_j is
 an integer, the student's state there is matched to the teacher's layer t_j, both layer-normalised
 without affine (the pre-LN stream is not normalised, the post-LN teacher's is):
@@ -47,8 +47,7 @@ from torch.nn import functional as F
 
 from plmkit.compress.ode_solvers import EVALS_PER_STEP, FIXED_SOLVERS, STEPPERS, check_solver, solve_adaptive
 from plmkit.errors import ConfigError
-from plmkit.losses.distillation import hidden_state_loss, logits_and_hidden, soft_target_loss
-from plmkit.losses.task import loss_from_logits
+from plmkit.losses.distillation import DistillationLoss
 
 INITS = ("average", "layer", "mpo", "random")
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "gelu_new": lambda x: F.gelu(x, approximate="tanh")}
@@ -289,53 +288,33 @@ class ODEClassifier(nn.Module):
                 token_type_ids: torch.Tensor | None = None, **_: object) -> torch.Tensor:
         return self.head(self.encoder(input_ids, attention_mask, token_type_ids), attention_mask)
 
-    def logits_and_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                          token_type_ids: torch.Tensor | None = None, **_: object):
-        """Logits and {t: h(t)} at the integer times the current solve's steps end on (one pass)."""
-        out, states = self.encoder(input_ids, attention_mask, token_type_ids, return_states=True)
-        return self.head(out, attention_mask), states
+    def distillation_states(self, batch: dict[str, torch.Tensor], teacher_layers: int):
+        """Logits and {t: h(t)} at the integer times the current solve's steps end on (one pass).
+
+        The state at time t is matched to the dense teacher's layer t, so the depth T must equal
+        ``teacher_layers`` (the core ``DistillationLoss(layer_map="student")`` calls this).
+        """
+        depth = self.encoder.config.depth
+        if depth != teacher_layers:
+            raise ConfigError(f"trajectory distillation matches time t to teacher layer t: the ODE model's depth "
+                              f"{depth} must equal the teacher's {teacher_layers} layers")
+        out, states = self.encoder(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
+                                   return_states=True)
+        return self.head(out, batch["attention_mask"]), states
 
 
-@dataclass(eq=False)
-class TrajectoryDistillation:
+def trajectory_distillation(teacher: nn.Module, alpha: float = 0.5, temperature: float = 2.0,
+                            weight: float = 1.0) -> DistillationLoss:
     """``loss(model, batch) -> {"loss", "task", "soft", "trajectory"}``: logits and trajectory from a dense teacher.
 
-    See the module docstring for the equation. The teacher is an encoder + head classifier
-    (:func:`plmkit.models.build_classifier`) with as many layers as the ODE model's depth T; it is frozen,
-    put in eval mode and run under ``torch.no_grad``.
+    See the module docstring for the equation: the core :class:`~plmkit.losses.DistillationLoss` with the
+    ODE model placing its states on the teacher's layers (:meth:`ODEClassifier.distillation_states`),
+    both sides layer-normalised, task weight 1 - alpha, soft weight alpha, hidden weight gamma = ``weight``.
+    The teacher is an encoder + head classifier (:func:`plmkit.models.build_classifier`) with as many
+    layers as the ODE model's depth T; it is frozen, put in eval mode and run under ``torch.no_grad``.
     """
-
-    teacher: nn.Module
-    alpha: float = 0.5
-    """Weight of the soft (logit) term; the task loss gets 1 - alpha."""
-    temperature: float = 2.0
-    weight: float = 1.0
-    """Weight gamma of the trajectory term."""
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ConfigError(f"distillation weight must be in [0, 1], got {self.alpha}")
-        if not 0.0 <= self.weight < float("inf"):
-            raise ConfigError(f"trajectory weight must be a finite number >= 0, got {self.weight}")
-        if not hasattr(self.teacher, "encoder_inputs"):
-            raise ConfigError("trajectory distillation needs an encoder + head classifier "
-                              "(plmkit.models.build_classifier) as the teacher")
-        self.teacher.eval().requires_grad_(False)
-
-    def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        logits, states = model.logits_and_states(**batch)
-        with torch.no_grad():
-            target, target_hidden = logits_and_hidden(self.teacher, batch)
-        depth = model.encoder.config.depth
-        if len(target_hidden) - 1 != depth:
-            raise ConfigError(f"trajectory distillation matches time t to teacher layer t: the ODE model's depth "
-                              f"{depth} must equal the teacher's {len(target_hidden) - 1} layers")
-        times = sorted(states)
-        hidden = target_hidden[0].shape[-1]
-        trajectory = hidden_state_loss([F.layer_norm(states[t].float(), (hidden,)) for t in times],
-                                       [F.layer_norm(target_hidden[t].float(), (hidden,)) for t in times],
-                                       batch["attention_mask"])
-        task = loss_from_logits(logits, batch["labels"])
-        soft = soft_target_loss(logits, target, self.temperature)
-        total = (1.0 - self.alpha) * task + self.alpha * soft + self.weight * trajectory
-        return {"loss": total, "task": task, "soft": soft, "trajectory": trajectory}
+    if not 0.0 <= alpha <= 1.0:
+        raise ConfigError(f"distillation weight must be in [0, 1], got {alpha}")
+    return DistillationLoss(teacher, beta=alpha, temperature=temperature, hidden_weight=weight,
+                            task_weight=1.0 - alpha, layer_map="student", hidden_norm=True,
+                            hidden_term="trajectory")

@@ -31,7 +31,7 @@ from plmkit import distributed
 from plmkit.anatomy import locate
 from plmkit.backbones import DEFAULT_ENCODER, load_encoder
 from plmkit.compress.jobs import forward_latency_ms, latency_batch
-from plmkit.compress.ode import ODEClassifier, ODEConfig, TrajectoryDistillation, parse_steps
+from plmkit.compress.ode import ODEClassifier, ODEConfig, parse_steps, trajectory_distillation
 from plmkit.compress.ode_build import build_ode_encoder, save_ode_model
 from plmkit.errors import ConfigError
 from plmkit.flops import count_flops
@@ -244,7 +244,7 @@ def ode_compress(setup: ODESetup, config: ODEConfig, trainer: TrainerConfig, run
         if depth != layers:
             raise ConfigError(f"--distill-trajectory matches time t to the dense model's layer t: --depth {depth} "
                               f"must equal its {layers} layers (or leave --depth unset)")
-        loss = TrajectoryDistillation(dense, setup.distill, setup.distill_temperature, setup.distill_trajectory)
+        loss = trajectory_distillation(dense, setup.distill, setup.distill_temperature, setup.distill_trajectory)
     else:
         loss = _dense_distillation(dense, setup) if teacher else None
     lr = setup.ode_learning_rate or trainer.learning_rate

@@ -193,3 +193,77 @@ def test_total_and_terms_reads_both_forms_and_refuses_others():
         total_and_terms({"task": value})
     with pytest.raises(LossContractError):
         total_and_terms(2.0)
+
+
+class _PlacedStudent(nn.Module):
+    """A student that places its own states on teacher layers: state l = embedding * scale_l + shift_l."""
+
+    def __init__(self, vocab: int, width: int, places: tuple[int, ...]) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.embed = nn.Embedding(vocab, width)
+        self.scale = nn.Parameter(torch.rand(len(places), width) + 0.5)
+        self.shift = nn.Parameter(torch.randn(len(places), width))
+        self.out = nn.Linear(width, 2)
+        self.places = places
+
+    def distillation_states(self, batch, teacher_layers):
+        x = self.embed(batch["input_ids"])
+        states = {p: x * self.scale[i] + self.shift[i] for i, p in enumerate(self.places)}
+        return self.out(states[self.places[-1]].mean(1)), states
+
+    def forward(self, input_ids, attention_mask=None, **_):
+        return self.distillation_states({"input_ids": input_ids}, 0)[0]
+
+
+def _standardised(x: torch.Tensor) -> torch.Tensor:
+    x = x.double()
+    return (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, unbiased=False, keepdim=True) + 1e-5)
+
+
+def test_student_placed_states_are_matched_to_those_teacher_layers_after_layer_norm(make_encoder):
+    from plmkit.models import build_classifier
+
+    backbone = make_encoder("bert")
+    teacher = build_classifier(backbone.model, 2)
+    width = backbone.model.config.hidden_size
+    student = _PlacedStudent(backbone.model.config.vocab_size, width, places=(0, 2))
+    ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 0]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([0, 1])}
+    loss = DistillationLoss(teacher, beta=0.5, task_weight=0.5, hidden_weight=2.0, layer_map="student",
+                            hidden_norm=True, hidden_term="trajectory")
+    terms = loss(student, batch)
+    with torch.no_grad():
+        hidden = teacher.encoder(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+        _, states = student.distillation_states(batch, 2)
+        real = mask.bool()
+        errors = [float(((_standardised(states[p]) - _standardised(hidden[p]))[real] ** 2).sum()
+                        / (_standardised(hidden[p])[real] ** 2).sum()) for p in (0, 2)]
+    assert set(terms) == {"loss", "task", "soft", "trajectory"}
+    assert float(terms["trajectory"]) == pytest.approx(sum(errors) / 2, rel=1e-4)
+    expected = 0.5 * terms["task"] + 0.5 * terms["soft"] + 2.0 * sum(errors) / 2
+    assert float(terms["loss"]) == pytest.approx(float(expected), rel=1e-4)
+    terms["loss"].backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert student.scale.grad.abs().sum() > 0 and student.shift.grad.abs().sum() > 0
+    # without the norm the raw states are compared
+    raw = DistillationLoss(teacher, hidden_weight=1.0, layer_map="student")(student, batch)["hidden"]
+    with torch.no_grad():
+        by_hand = sum(float(((states[p] - hidden[p])[real] ** 2).sum() / (hidden[p][real] ** 2).sum()) for p in (0, 2))
+    assert float(raw) == pytest.approx(by_hand / 2, rel=1e-4)
+
+
+def test_student_placed_states_are_checked(make_encoder):
+    from plmkit.models import build_classifier
+
+    backbone = make_encoder("bert")
+    teacher = build_classifier(backbone.model, 2)
+    batch = {"input_ids": torch.tensor([[5, 6]]), "attention_mask": torch.tensor([[1, 1]]), "labels": torch.tensor([0])}
+    width, vocab = backbone.model.config.hidden_size, backbone.model.config.vocab_size
+    with pytest.raises(ConfigError, match="teacher layers \\[1, 3\\].*layers 0..2"):
+        DistillationLoss(teacher, hidden_weight=1.0, layer_map="student")(_PlacedStudent(vocab, width, (1, 3)), batch)
+    with pytest.raises(ConfigError, match="distillation_states"):
+        DistillationLoss(teacher, hidden_weight=1.0, layer_map="student")(build_classifier(backbone.model, 2), batch)
+    with pytest.raises(ConfigError, match="overwrite"):
+        DistillationLoss(teacher, hidden_weight=1.0, hidden_term="soft")

@@ -16,8 +16,8 @@ from plmkit.compress.ode import (
     ODEEncoder,
     SharedBlock,
     StepSchedule,
-    TrajectoryDistillation,
     parse_steps,
+    trajectory_distillation,
 )
 from plmkit.compress.ode_build import build_ode_encoder, load_ode_model, save_ode_model
 from plmkit.compress.ode_solvers import solve_adaptive, solve_fixed
@@ -300,7 +300,7 @@ def test_trajectory_distillation_matches_a_hand_computation(make_encoder):
     student = ODEClassifier(build_ode_encoder(teacher.encoder, ODEConfig(init="random")), copy.deepcopy(teacher.head))
     ids, mask = _batch()
     batch = {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([0, 1, 1])}
-    loss = TrajectoryDistillation(teacher, alpha=0.3, temperature=2.0, weight=0.7)
+    loss = trajectory_distillation(teacher, alpha=0.3, temperature=2.0, weight=0.7)
     student.eval()
     encoder, m = student.encoder, mask.bool()[:, None, None, :]
     with torch.no_grad():
@@ -333,7 +333,7 @@ def test_trajectory_distillation_matches_a_hand_computation(make_encoder):
     with pytest.raises(ConfigError, match="depth 4 must equal the teacher's 2 layers"):
         loss(deeper, batch)
     with pytest.raises(ConfigError, match="encoder \\+ head"):
-        TrajectoryDistillation(student.encoder)
+        trajectory_distillation(student.encoder)
 
 
 def test_parse_steps():

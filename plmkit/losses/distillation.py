@@ -24,8 +24,14 @@ student's layer j sits at the teacher's depth j T / M exactly (j = 1..M; TinyBER
 
     L_hidden = mean_{j >= 1: jT/M integer}  sum m * ||h_j^s - h_{jT/M}^t||^2  /  sum m * ||h_{jT/M}^t||^2
 
+With ``layer_map="student"`` the student places its own states on the teacher's layers: it has a method
+``distillation_states(batch, teacher_layers) -> (logits, {teacher layer l: student state})`` (one
+pass; e.g. an ODE encoder's states at the integer times its steps end on), and the mean runs over
+those pairs. ``hidden_norm=True`` layer-normalises both sides (no affine) before comparing, for
+students whose stream is not normalised the way the teacher's is. ``hidden_term`` names the logged term.
+
 The teacher is put in eval mode, frozen, and run under ``torch.no_grad``: it never receives a gradient.
-The loss returns named terms (``loss``, ``task``, ``soft`` and, when used, ``hidden``).
+The loss returns named terms (``loss``, ``task``, ``soft`` and, when used, ``hidden`` or ``hidden_term``).
 
 Several teachers (``MultiTeacherDistillationLoss``, teachers i = 1..k with weights beta_i):
 
@@ -38,7 +44,7 @@ that wants k teachers to weigh as much as one divides them by k itself. With one
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -49,7 +55,7 @@ from plmkit.errors import ConfigError
 from plmkit.losses.task import loss_from_logits
 
 SOFT_KINDS = ("kl", "mse")
-LAYER_MAPS = ("same", "uniform")
+LAYER_MAPS = ("same", "uniform", "student")
 
 
 @dataclass(eq=False)
@@ -69,7 +75,12 @@ class DistillationLoss:
     task_weight: float = 1.0
     """Weight of the task loss on the labels (non-negative)."""
     layer_map: str = "same"
-    """Hidden term pairs: ``same`` (layer l to layer l, same depth) or ``uniform`` (student j to teacher jT/M)."""
+    """Hidden term pairs: ``same`` (layer l to layer l, same depth), ``uniform`` (student j to teacher jT/M) or
+    ``student`` (the student's ``distillation_states`` names them)."""
+    hidden_norm: bool = False
+    """Layer-normalise (no affine) both sides of the hidden term before comparing them."""
+    hidden_term: str = "hidden"
+    """The name the hidden term is returned (and logged) under."""
 
     def __post_init__(self) -> None:
         for name in ("beta", "hidden_weight", "task_weight"):
@@ -77,6 +88,8 @@ class DistillationLoss:
         _check_soft(self.temperature, self.soft)
         if self.layer_map not in LAYER_MAPS:
             raise ConfigError(f"distillation layer_map must be one of {LAYER_MAPS}, got {self.layer_map!r}")
+        if self.hidden_term in ("loss", "task", "soft"):
+            raise ConfigError(f"hidden_term {self.hidden_term!r} would overwrite a term of the same name; pick another")
         if self.hidden_weight and not hasattr(self.teacher, "encoder_inputs"):
             raise ConfigError("hidden-state distillation needs an encoder + head classifier "
                               "(plmkit.models.build_classifier) as the teacher")
@@ -85,11 +98,14 @@ class DistillationLoss:
     def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         terms: dict[str, torch.Tensor] = {}
         if self.hidden_weight:
-            logits, hidden = logits_and_hidden(model, batch)
             with torch.no_grad():
                 target, target_hidden = logits_and_hidden(self.teacher, batch)
-            pairs = uniform_layer_pairs(len(hidden) - 1, len(target_hidden) - 1) if self.layer_map == "uniform" else None
-            terms["hidden"] = hidden_state_loss(hidden, target_hidden, batch["attention_mask"], pairs)
+            logits, hidden, pairs = self._student_hidden(model, batch, len(target_hidden) - 1)
+            if self.hidden_norm:
+                width = target_hidden[0].shape[-1]
+                hidden = {i: F.layer_norm(hidden[i].float(), (width,)) for i, _ in pairs}
+                target_hidden = {j: F.layer_norm(target_hidden[j].float(), (width,)) for _, j in pairs}
+            terms[self.hidden_term] = hidden_state_loss(hidden, target_hidden, batch["attention_mask"], pairs)
         else:
             logits = model(**batch)
             with torch.no_grad():
@@ -97,9 +113,29 @@ class DistillationLoss:
         terms["task"] = loss_from_logits(logits, batch["labels"])
         terms["soft"] = soft_target_loss(logits, target, self.temperature, self.soft)
         total = self.task_weight * terms["task"] + self.beta * terms["soft"]
-        if "hidden" in terms:
-            total = total + self.hidden_weight * terms["hidden"]
+        if self.hidden_term in terms:
+            total = total + self.hidden_weight * terms[self.hidden_term]
         return {"loss": total, **terms}
+
+    def _student_hidden(self, model: nn.Module, batch: dict[str, torch.Tensor], teacher_layers: int):
+        """(logits, student states indexable by i, [(i, teacher index j)]) in one student pass."""
+        if self.layer_map != "student":
+            logits, hidden = logits_and_hidden(model, batch)
+            if self.layer_map == "uniform":
+                return logits, hidden, uniform_layer_pairs(len(hidden) - 1, teacher_layers)
+            if len(hidden) - 1 != teacher_layers:
+                raise ConfigError(f"hidden-state distillation needs the same depth: student has {len(hidden) - 1} "
+                                  f"layers, teacher {teacher_layers} (or map them, layer_map='uniform')")
+            return logits, hidden, [(i, i) for i in range(len(hidden))]
+        if not hasattr(model, "distillation_states"):
+            raise ConfigError(f"layer_map='student' needs a student with distillation_states(batch, teacher_layers); "
+                              f"{type(model).__name__} has none (use layer_map='same' or 'uniform')")
+        logits, states = model.distillation_states(batch, teacher_layers)
+        bad = sorted(j for j in states if not 0 <= j <= teacher_layers)
+        if bad or not states:
+            raise ConfigError(f"the student placed its states on teacher layers {sorted(states)}, but the teacher "
+                              f"has layers 0..{teacher_layers} (0: embeddings)")
+        return logits, states, [(j, j) for j in sorted(states)]
 
 
 @dataclass(eq=False)
@@ -187,11 +223,13 @@ def uniform_layer_pairs(student_layers: int, teacher_layers: int) -> list[tuple[
             if j * teacher_layers % student_layers == 0]
 
 
-def hidden_state_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor],
+def hidden_state_loss(student: Sequence[torch.Tensor] | Mapping[int, torch.Tensor],
+                      teacher: Sequence[torch.Tensor] | Mapping[int, torch.Tensor],
                       attention_mask: torch.Tensor, pairs: Sequence[tuple[int, int]] | None = None) -> torch.Tensor:
     """Mean over layer pairs of ||h_s - h_t||^2 / ||h_t||^2 on real tokens (scale-free across layers).
 
-    ``pairs`` of (student, teacher) indices; by default every index, which needs the same depth.
+    ``pairs`` of (student, teacher) indices (into sequences or dicts of states); by default every index,
+    which needs the same depth.
     """
     if pairs is None:
         if len(student) != len(teacher):
