@@ -10,7 +10,7 @@ the seed, so every split keeps the label balance.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,19 @@ def split_rows(rows: list[dict[str, Any]], labels: list[str], held_out: float, s
     return splits
 
 
+def filter_and_split(rows: Iterable[dict[str, Any]], spec: TaskSpec, held_out: float = 0.1, seed: int = 0,
+                     agree: Callable[[list[dict[str, Any]]], Sequence[bool]] | None = None,
+                     ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, int]]:
+    """The task's filters (then ``agree``, if given) over raw samples, and the kept rows split by label.
+
+    Returns ({"train", "validation", "test"}: rows, filter counts); see :func:`split_rows`.
+    """
+    kept, counts = filter_samples(rows, spec.filters)
+    if agree is not None:
+        kept, counts = drop_disagreeing(kept, counts, agree(kept))
+    return split_rows(kept, spec.labels, held_out, seed), counts
+
+
 def write_synthetic(folder: str | Path, spec: TaskSpec, held_out: float = 0.1, seed: int = 0,
                     save_datasets: bool = True,
                     agree: Callable[[list[dict[str, Any]]], Sequence[bool]] | None = None) -> dict[str, Any]:
@@ -52,11 +65,8 @@ def write_synthetic(folder: str | Path, spec: TaskSpec, held_out: float = 0.1, s
     rules (false: dropped as ``label_mismatch``).
     """
     folder = Path(folder)
-    kept, counts = filter_samples(iter_raw(folder), spec.filters)
-    if agree is not None:
-        kept, counts = drop_disagreeing(kept, counts, agree(kept))
-    per_label = {label: sum(row["label"] == label for row in kept) for label in spec.labels}
-    splits = split_rows(kept, spec.labels, held_out, seed)
+    splits, counts = filter_and_split(iter_raw(folder), spec, held_out, seed, agree)
+    per_label = {label: sum(row["label"] == label for rows in splits.values() for row in rows) for label in spec.labels}
     out = folder / "synthetic"
     out.mkdir(parents=True, exist_ok=True)
     for split, rows in splits.items():

@@ -75,15 +75,11 @@ def naive_pipeline(backbone, spec, prompts: list[tuple[str, str, str]], config) 
 
 
 def synthetic_task(rows, spec, size: int, seed: int, agree=None):
-    from plmkit.generation import filter_samples
-    from plmkit.generation.dataset import split_rows
-    from plmkit.generation.filters import drop_disagreeing
+    from plmkit.generation.dataset import filter_and_split
     from plmkit.tasks import task_from_frames
 
-    kept, counts = filter_samples(rows[:size], spec.filters)
-    if agree is not None:  # --consistency: the generator's zero-shot prompting must pick the sample's label
-        kept, counts = drop_disagreeing(kept, counts, agree(kept))
-    splits = split_rows(kept, spec.labels, 0.1, seed)
+    # agree (--consistency): the generator's zero-shot prompting must pick the sample's label
+    splits, counts = filter_and_split(rows[:size], spec, 0.1, seed, agree)
     frames = {s: pd.DataFrame({"text": [r["text"] for r in rs], "label": [r["label"] for r in rs]})
               for s, rs in splits.items()}
     task = task_from_frames(f"synthetic-{size}", frames["train"], frames["validation"], frames["test"],
