@@ -214,17 +214,7 @@ def prepare_source(backbone: Backbone, task_spec: str, setup: TransferSetup, bas
                      max_length=setup.max_length, pooling=setup.pooling, train_folder=folder)
         return folder / kind
 
-    if distributed.world_size() > 1:  # all ranks train together (no per-rank lock); the main rank stores
-        found = store.get(key)
-        reused = found is not None
-        if not reused:
-            train()
-            if distributed.is_main_process():
-                store.put(key, folder / kind)
-            distributed.barrier()
-        path = store.path(key)
-    else:
-        path, reused = store.get_or_put(key, train)
+    path, reused = store.get_or_put(key, train)  # collective under several ranks: rank 0 decides for all
     if reused:
         logger.info("stage 1: reusing %s %s from %s", task_spec, kind, path)
     quality = source_quality(task, _stored_validation(path), setup.weak_margin)

@@ -8,7 +8,10 @@ backbone's weights therefore changes the key, and the module is retrained rather
 
 Concurrency: ``locked(key)`` holds a per-key file lock (the asset cache's lock helper), so a second
 run that needs the same source waits, then finds and reuses the entry. ``put`` copies into a unique
-staging folder and renames it into place, so a reader sees a whole entry or none.
+staging folder and renames it into place, so a reader sees a whole entry or none. Under several ranks
+(one job launched with ``deepspeed``) ``get_or_put`` is collective: rank 0 alone holds the lock and
+looks the key up, and every rank follows its answer (train together, or reuse), so the ranks can
+never split between training and reusing when another job installs the entry meanwhile.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from plmkit import distributed
 from plmkit.io import file_lock
 from plmkit.saving import CONFIG, WEIGHTS
 
@@ -119,9 +123,25 @@ class AdapterStore:
         return target
 
     def get_or_put(self, key: str, build: Callable[[], str | Path]) -> tuple[Path, bool]:
-        """(entry, reused): the stored entry, or ``build()``'s folder stored under the lock."""
-        with self.locked(key):
-            found = self.get(key)
-            if found is not None:
-                return found, True
-            return self._install(key, build()), False
+        """(entry, reused): the stored entry, or ``build()``'s folder stored under the lock.
+
+        With more than one rank every rank must call this together: rank 0 holds the lock and decides,
+        every rank runs ``build()`` when the entry is missing (they train together), rank 0 installs it
+        and all wait for that before they return. (The other ranks cannot take the lock too: on one
+        machine they would wait on rank 0, which needs them to train.)
+        """
+        if distributed.world_size() == 1:
+            with self.locked(key):
+                found = self.get(key)
+                if found is not None:
+                    return found, True
+                return self._install(key, build()), False
+        main = distributed.is_main_process()
+        with self.locked(key) if main else contextlib.nullcontext():
+            reused = distributed.broadcast_object(self.get(key) is not None if main else None)
+            if not reused:
+                folder = build()
+                if main:
+                    self._install(key, folder)
+                distributed.barrier()
+        return self.path(key), reused

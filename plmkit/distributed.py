@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import Any
 
 import torch
 
@@ -109,6 +110,20 @@ def shutdown() -> None:
     # DeepSpeed's own teardown also drops the groups it cached (data-parallel, ZeRO), so a later job in
     # the same process initialises cleanly instead of meeting a destroyed group.
     import_deepspeed().comm.destroy_process_group()
+
+
+def broadcast_object(value: Any, src: int = 0) -> Any:
+    """Rank ``src``'s ``value`` on every rank (picklable objects); ``value`` itself in a world of one.
+
+    In a launched world of several ranks whose process group is not up yet, this starts it.
+    """
+    if world_size() == 1:
+        return value
+    if not torch.distributed.is_initialized():
+        init_process_group()
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=src)
+    return box[0]
 
 
 def all_gather(tensor: torch.Tensor) -> torch.Tensor:

@@ -89,13 +89,8 @@ class RunFolder:
             cls._claim(Path(output_dir), resume, overwrite)
             return cls(output_dir, resume=resume)
         suffix = f"-{label}" if label else ""
-        path = [str(Path("runs") / job / f"{time.strftime('%Y%m%d-%H%M%S')}{suffix}")]
-        if distributed.world_size() > 1:
-            import torch
-
-            distributed.init_process_group()
-            torch.distributed.broadcast_object_list(path, src=0)
-        return cls(path[0], resume=resume)
+        path = distributed.broadcast_object(str(Path("runs") / job / f"{time.strftime('%Y%m%d-%H%M%S')}{suffix}"))
+        return cls(path, resume=resume)
 
     @staticmethod
     def _claim(path: Path, resume: bool, overwrite: bool) -> None:
