@@ -160,7 +160,7 @@ def pool(files: list[str], out: str) -> int:
     """Pool several runs (seeds) of the same settings: paired bootstrap over examples, per task and budget."""
     loaded = [json.loads(Path(f).read_text()) for f in files]
     pooled = {"files": files, "tasks": []}
-    for name in dict.fromkeys(t["task"] for t in loaded[0]["tasks"]):
+    for name in dict.fromkeys(t["task"] for result in loaded for t in result["tasks"]):
         runs = [t for result in loaded for t in result["tasks"] if t["task"] == name]
         if any("correct" not in run for run in runs):
             raise SystemExit(f"{name}: a result has no per-example record (made before predictions were kept)")
