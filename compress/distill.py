@@ -14,7 +14,6 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from plmkit.errors import ConfigError
 from plmkit.losses.distillation import DistillationLoss, hidden_state_loss, logits_and_hidden
 
 __all__ = ["distillation_loss", "hidden_state_loss", "logits_and_hidden"]
@@ -23,10 +22,7 @@ __all__ = ["distillation_loss", "hidden_state_loss", "logits_and_hidden"]
 def distillation_loss(teacher: nn.Module, alpha: float = 0.5, temperature: float = 2.0,
                       hidden_weight: float = 0.0) -> Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]:
     """A trainer ``loss_fn(model, batch) -> total`` mixing the task loss with the frozen teacher's outputs."""
-    if not 0.0 <= alpha <= 1.0:
-        raise ConfigError(f"distillation weight must be in [0, 1], got {alpha}")
-    loss = DistillationLoss(teacher, beta=alpha, temperature=temperature, hidden_weight=hidden_weight,
-                            task_weight=1.0 - alpha)
+    loss = DistillationLoss.mixed(teacher, alpha, temperature=temperature, hidden_weight=hidden_weight)
 
     def loss_fn(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return loss(model, batch)["loss"]

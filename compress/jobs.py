@@ -185,8 +185,8 @@ def _tune_compressed(setup: CompressSetup, config: MPOConfig, trainer: TrainerCo
     lr = setup.mpo_learning_rate or trainer.learning_rate
     teacher = (setup.distill or setup.distill_hidden) and "train" in metrics["dense"]  # only a tuned model teaches
     # (1 - distill) * task + distill * T² KL + distill_hidden * hidden: each term is logged by the trainer
-    loss_fn = (DistillationLoss(dense, beta=setup.distill, temperature=setup.distill_temperature,
-                                hidden_weight=setup.distill_hidden, task_weight=1.0 - setup.distill)
+    loss_fn = (DistillationLoss.mixed(dense, setup.distill, temperature=setup.distill_temperature,
+                                      hidden_weight=setup.distill_hidden)
                if teacher else None)
     metrics["after"] = finetune_and_evaluate(model, data, replace(trainer, learning_rate=lr), run.path / "mpo",
                                              loss=loss_fn)

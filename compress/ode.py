@@ -313,8 +313,5 @@ def trajectory_distillation(teacher: nn.Module, alpha: float = 0.5, temperature:
     The teacher is an encoder + head classifier (:func:`plmkit.models.build_classifier`) with as many
     layers as the ODE model's depth T; it is frozen, put in eval mode and run under ``torch.no_grad``.
     """
-    if not 0.0 <= alpha <= 1.0:
-        raise ConfigError(f"distillation weight must be in [0, 1], got {alpha}")
-    return DistillationLoss(teacher, beta=alpha, temperature=temperature, hidden_weight=weight,
-                            task_weight=1.0 - alpha, layer_map="student", hidden_norm=True,
-                            hidden_term="trajectory")
+    return DistillationLoss.mixed(teacher, alpha, temperature=temperature, hidden_weight=weight,
+                                  layer_map="student", hidden_norm=True, hidden_term="trajectory")

@@ -133,8 +133,8 @@ def _ode_rows(model: ODEClassifier, steps: tuple[int, ...], data: TaskData, batc
 
 def _dense_distillation(dense: nn.Module, setup: ODESetup, hidden_weight: float = 0.0) -> DistillationLoss:
     """(1 - distill) CE + distill T^2 KL, plus hidden_weight times the uniformly mapped hidden-state term."""
-    return DistillationLoss(dense, beta=setup.distill, temperature=setup.distill_temperature,
-                            hidden_weight=hidden_weight, task_weight=1.0 - setup.distill, layer_map="uniform")
+    return DistillationLoss.mixed(dense, setup.distill, temperature=setup.distill_temperature,
+                                  hidden_weight=hidden_weight, layer_map="uniform")
 
 
 def _baseline_rows(dense: nn.Module, budgets: list[int], setup: ODESetup, trainer: TrainerConfig, run: RunFolder,

@@ -267,3 +267,15 @@ def test_student_placed_states_are_checked(make_encoder):
         DistillationLoss(teacher, hidden_weight=1.0, layer_map="student")(build_classifier(backbone.model, 2), batch)
     with pytest.raises(ConfigError, match="overwrite"):
         DistillationLoss(teacher, hidden_weight=1.0, hidden_term="soft")
+
+
+@pytest.mark.parametrize("alpha", [-0.1, 1.5, float("nan")])
+def test_an_alpha_mix_outside_zero_to_one_is_refused_by_every_front_door(alpha):
+    from plmkit.compress.distill import distillation_loss
+    from plmkit.compress.ode import trajectory_distillation
+
+    for build in (DistillationLoss.mixed, distillation_loss, trajectory_distillation):
+        with pytest.raises(ConfigError, match="distillation weight must be in \\[0, 1\\]"):
+            build(_Toy(), alpha)
+    mixed = DistillationLoss.mixed(_Toy(), 0.25, temperature=3.0)
+    assert (mixed.beta, mixed.task_weight, mixed.temperature) == (0.25, 0.75, 3.0)

@@ -95,6 +95,13 @@ class DistillationLoss:
                               "(plmkit.models.build_classifier) as the teacher")
         self.teacher.eval().requires_grad_(False)
 
+    @classmethod
+    def mixed(cls, teacher: nn.Module, alpha: float, **settings) -> DistillationLoss:
+        """``(1 - alpha) * task + alpha * soft`` (+ the hidden term of ``settings``): alpha in [0, 1]."""
+        if not 0.0 <= alpha <= 1.0:
+            raise ConfigError(f"distillation weight must be in [0, 1], got {alpha}")
+        return cls(teacher, beta=alpha, task_weight=1.0 - alpha, **settings)
+
     def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         terms: dict[str, torch.Tensor] = {}
         if self.hidden_weight:
@@ -123,10 +130,7 @@ class DistillationLoss:
             logits, hidden = logits_and_hidden(model, batch)
             if self.layer_map == "uniform":
                 return logits, hidden, uniform_layer_pairs(len(hidden) - 1, teacher_layers)
-            if len(hidden) - 1 != teacher_layers:
-                raise ConfigError(f"hidden-state distillation needs the same depth: student has {len(hidden) - 1} "
-                                  f"layers, teacher {teacher_layers} (or map them, layer_map='uniform')")
-            return logits, hidden, [(i, i) for i in range(len(hidden))]
+            return logits, hidden, same_depth_pairs(len(hidden) - 1, teacher_layers)
         if not hasattr(model, "distillation_states"):
             raise ConfigError(f"layer_map='student' needs a student with distillation_states(batch, teacher_layers); "
                               f"{type(model).__name__} has none (use layer_map='same' or 'uniform')")
@@ -223,6 +227,14 @@ def uniform_layer_pairs(student_layers: int, teacher_layers: int) -> list[tuple[
             if j * teacher_layers % student_layers == 0]
 
 
+def same_depth_pairs(student_layers: int, teacher_layers: int) -> list[tuple[int, int]]:
+    """(i, i) for the embeddings and every layer; the depths must be equal."""
+    if student_layers != teacher_layers:
+        raise ConfigError(f"hidden-state distillation needs the same depth: student has {student_layers} "
+                          f"layers, teacher {teacher_layers} (or map them, layer_map='uniform')")
+    return [(i, i) for i in range(student_layers + 1)]
+
+
 def hidden_state_loss(student: Sequence[torch.Tensor] | Mapping[int, torch.Tensor],
                       teacher: Sequence[torch.Tensor] | Mapping[int, torch.Tensor],
                       attention_mask: torch.Tensor, pairs: Sequence[tuple[int, int]] | None = None) -> torch.Tensor:
@@ -232,10 +244,7 @@ def hidden_state_loss(student: Sequence[torch.Tensor] | Mapping[int, torch.Tenso
     which needs the same depth.
     """
     if pairs is None:
-        if len(student) != len(teacher):
-            raise ConfigError(f"hidden-state distillation needs the same depth: student has {len(student) - 1} "
-                              f"layers, teacher {len(teacher) - 1} (or map them, layer_map='uniform')")
-        pairs = [(i, i) for i in range(len(student))]
+        pairs = same_depth_pairs(len(student) - 1, len(teacher) - 1)
     # (batch, tokens) -> (batch, tokens, 1)
     mask = attention_mask.unsqueeze(-1).float()
     losses = [((student[i].float() - teacher[j].float()).square() * mask).sum()
