@@ -159,6 +159,13 @@ def _paired_table(comparisons: list[dict], title: str) -> str:
 def pool(files: list[str], out: str) -> int:
     """Pool several runs (seeds) of the same settings: paired bootstrap over examples, per task and budget."""
     loaded = [json.loads(Path(f).read_text()) for f in files]
+    # the runs must differ only in their seed (and where they were written), or pooling mixes settings
+    settings = [{k: v for k, v in r["settings"].items() if k not in ("seed", "out", "tasks", "pool")} for r in loaded]
+    for path, other in zip(files[1:], settings[1:], strict=True):
+        differ = sorted(k for k in settings[0].keys() | other.keys() if settings[0].get(k) != other.get(k))
+        if differ:
+            raise SystemExit(f"{path} was run with other settings than {files[0]} ({', '.join(differ)}); "
+                             "pool only seeds of one setting")
     pooled = {"files": files, "tasks": []}
     for name in dict.fromkeys(t["task"] for result in loaded for t in result["tasks"]):
         runs = [t for result in loaded for t in result["tasks"] if t["task"] == name]
