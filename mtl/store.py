@@ -128,7 +128,10 @@ class AdapterStore:
         With more than one rank every rank must call this together: rank 0 holds the lock and decides,
         every rank runs ``build()`` when the entry is missing (they train together), rank 0 installs it
         and all wait for that before they return. (The other ranks cannot take the lock too: on one
-        machine they would wait on rank 0, which needs them to train.)
+        machine they would wait on rank 0, which needs them to train.) If ``build()`` or the install
+        fails on any rank after the ranks' last collective, every rank raises (the failing rank its
+        own error, the others one that names it) instead of the others waiting for it forever; a rank
+        that fails inside a collective of training still leaves the others to the backend's timeout.
         """
         if distributed.world_size() == 1:
             with self.locked(key):
@@ -140,8 +143,30 @@ class AdapterStore:
         with self.locked(key) if main else contextlib.nullcontext():
             reused = distributed.broadcast_object(self.get(key) is not None if main else None)
             if not reused:
-                folder = build()
+                folder, failure = _attempt(build)
+                _fail_together(key, "building", failure)  # install nothing unless every rank built it
                 if main:
-                    self._install(key, folder)
-                distributed.barrier()
+                    _, failure = _attempt(lambda: self._install(key, folder))
+                _fail_together(key, "installing", failure)  # also the wait for rank 0's install
         return self.path(key), reused
+
+
+def _attempt(step: Callable[[], Any]) -> tuple[Any, Exception | None]:
+    """(result, None), or (None, the error) when ``step`` raised."""
+    try:
+        return step(), None
+    except Exception as exc:  # handed to _fail_together, which raises it on this rank
+        return None, exc
+
+
+def _fail_together(key: str, what: str, failure: Exception | None) -> None:
+    """Collective: raise on every rank if ``failure`` happened on any (the failing rank raises its own)."""
+    outcomes = distributed.gather_objects(None if failure is None else f"{type(failure).__name__}: {failure}")
+    if failure is not None:
+        raise failure
+    failed = {rank: outcome for rank, outcome in enumerate(outcomes) if outcome is not None}
+    if failed:
+        raise RuntimeError(
+            f"{what} the store entry {key!r} failed on rank(s) {sorted(failed)}: {failed}. This rank stops "
+            "too rather than wait for them; fix that error and rerun (an entry that was not installed is "
+            "built again).")

@@ -126,6 +126,17 @@ def broadcast_object(value: Any, src: int = 0) -> Any:
     return box[0]
 
 
+def gather_objects(value: Any) -> list[Any]:
+    """Every rank's ``value`` on every rank, in rank order (picklable objects); ``[value]`` in a world of one."""
+    if world_size() == 1:
+        return [value]
+    if not torch.distributed.is_initialized():
+        init_process_group()
+    box: list[Any] = [None] * world_size()
+    torch.distributed.all_gather_object(box, value)
+    return box
+
+
 def all_gather(tensor: torch.Tensor) -> torch.Tensor:
     """Concatenate ``tensor`` from every rank along dim 0, in rank order (no gradient); itself in a world of one.
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,49 @@ def test_every_rank_follows_rank_0_between_training_and_reusing(tmp_path):
     assert json.loads((tmp_path / "store" / KEY / CONFIG).read_text()) == {"rank": 0}  # rank 0 installed it
     assert not (tmp_path / "store" / ".locks").exists() or all(
         p.suffix == ".lock" for p in (tmp_path / "store" / ".locks").iterdir())
+
+
+def _failing_worker(rank: int, port: int, root: str, failing_rank: int, stage: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=timedelta(seconds=60))
+    store = AdapterStore(Path(root) / "store")
+    if stage == "install" and rank == failing_rank:
+        store._install = lambda key, folder: (_ for _ in ()).throw(OSError("disk full"))
+
+    def build() -> Path:
+        folder = Path(root) / f"built{rank}"
+        folder.mkdir()
+        (folder / CONFIG).write_text("{}")
+        (folder / WEIGHTS).write_bytes(b"w")
+        torch.distributed.barrier()  # training together went fine ...
+        if stage == "build" and rank == failing_rank:
+            raise ValueError("saving the trained module failed")  # ... then one rank fails alone
+        return folder
+
+    try:
+        store.get_or_put(KEY, build)
+        answer = "returned"
+    except Exception as exc:
+        answer = f"{type(exc).__name__}: {exc}"
+    (Path(root) / f"rank{rank}.txt").write_text(answer)
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("stage, failing_rank", [("build", 1), ("install", 0)])
+def test_a_failure_on_one_rank_stops_every_rank_and_installs_nothing(tmp_path, stage, failing_rank):
+    # before, the other rank waited in a barrier for a rank that had already raised: a hang
+    torch.multiprocessing.spawn(_failing_worker, args=(distributed.free_port(), str(tmp_path), failing_rank, stage),
+                                nprocs=WORLD, join=True)
+    own = "ValueError: saving the trained module failed" if stage == "build" else "OSError: disk full"
+    for rank in range(WORLD):
+        answer = (tmp_path / f"rank{rank}.txt").read_text()
+        if rank == failing_rank:
+            assert answer == own
+        else:
+            assert answer.startswith(f"RuntimeError: {stage}ing the store entry {KEY!r} failed on rank(s) "
+                                     f"[{failing_rank}]") and own in answer
+    assert not (tmp_path / "store" / KEY).exists()
 
 
 def test_one_rank_keeps_the_plain_locked_path(tmp_path):
