@@ -18,6 +18,11 @@ example over the runs, without training anything:
 
     python scripts/bench_ode.py --pool r42.json r43.json r44.json --out pooled.json
 
+``--versus`` compares two settings row by row (each pooled over its seeds, matched in order), e.g. a
+lever against the recipe:
+
+    python scripts/bench_ode.py --pool lever42.json lever43.json --versus r42.json r43.json --out lever.json
+
 Latency is the median over ``--latency-rounds`` interleaved rounds (every row timed once per round) of
 one eval forward of a fixed batch (``--latency-batch`` x ``--latency-tokens``) on the CPU; no GPU figures come from a machine without one. Prints one table
 per task and writes JSON (``--out``).
@@ -156,16 +161,68 @@ def _paired_table(comparisons: list[dict], title: str) -> str:
         title=title)
 
 
-def pool(files: list[str], out: str) -> int:
-    """Pool several runs (seeds) of the same settings: paired bootstrap over examples, per task and budget."""
+def _settings(result: dict) -> dict:
+    """What a run was measured with, less what may differ between seeds of one setting."""
+    return {k: v for k, v in result["settings"].items() if k not in ("seed", "out", "tasks", "pool", "versus")}
+
+
+def _differ(a: dict, b: dict) -> list[str]:
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+
+
+def _load_seeds(files: list[str]) -> list[dict]:
+    """The result files of one setting; refused if they were run with other settings (seed and output aside)."""
     loaded = [json.loads(Path(f).read_text()) for f in files]
-    # the runs must differ only in their seed (and where they were written), or pooling mixes settings
-    settings = [{k: v for k, v in r["settings"].items() if k not in ("seed", "out", "tasks", "pool")} for r in loaded]
-    for path, other in zip(files[1:], settings[1:], strict=True):
-        differ = sorted(k for k in settings[0].keys() | other.keys() if settings[0].get(k) != other.get(k))
+    for path, other in zip(files[1:], loaded[1:], strict=True):
+        differ = _differ(_settings(loaded[0]), _settings(other))
         if differ:
             raise SystemExit(f"{path} was run with other settings than {files[0]} ({', '.join(differ)}); "
                              "pool only seeds of one setting")
+    return loaded
+
+
+def versus(files: list[str], others: list[str], out: str) -> int:
+    """Two settings, each pooled over its seeds: every table row of one minus the same row of the other.
+
+    The seeds are matched in order (file i of --pool with file i of --versus), and the runs must have
+    scored the same examples; rows are compared per example by the paired bootstrap.
+    """
+    if len(files) != len(others):
+        raise SystemExit(f"--pool has {len(files)} files and --versus {len(others)}; pass one file per seed to each")
+    mine, theirs = _load_seeds(files), _load_seeds(others)
+    compared = {"files": files, "versus": others, "settings_that_differ": _differ(_settings(mine[0]),
+                                                                                    _settings(theirs[0])), "tasks": []}
+    for name in dict.fromkeys(t["task"] for result in mine for t in result["tasks"]):
+        a_runs = [t["correct"] for result in mine for t in result["tasks"] if t["task"] == name and "correct" in t]
+        b_runs = [t["correct"] for result in theirs for t in result["tasks"] if t["task"] == name and "correct" in t]
+        if len(a_runs) != len(files) or len(b_runs) != len(others):
+            raise SystemExit(f"{name}: every file on both sides needs this task with a per-example record")
+        for split in ("validation", "test"):
+            if any(run[split]["labels"] != a_runs[0][split]["labels"] for run in a_runs + b_runs):
+                raise SystemExit(f"{name}: the runs did not score the same {split} examples (pass results of the "
+                                 "same --eval-samples and data seed)")
+        rows = [key for key in a_runs[0]["test"]["rows"] if key in b_runs[0]["test"]["rows"]]
+        comparisons = []
+        for key in rows:
+            for split in ("validation", "test"):
+                both = [{split: {"labels": run[split]["labels"], "rows": {"a": run[split]["rows"][key],
+                                                                         "b": other[split]["rows"][key]}}}
+                        for run, other in zip(a_runs, b_runs, strict=True)]
+                model, steps = key.rsplit("@", 1)
+                comparisons.append({"comparison": model, "steps": int(steps), "split": split,
+                                    **_paired(both, split, "a", "b")})
+        compared["tasks"].append({"task": name, "runs": len(a_runs), "comparisons": comparisons})
+        print("\n" + _paired_table(comparisons, f"{name}: --pool minus --versus, same row, {len(a_runs)} seeds "
+                                                f"pooled per example (settings that differ: "
+                                                f"{', '.join(compared['settings_that_differ']) or 'none'})"))
+    Path(out).write_text(json.dumps(compared, indent=1))
+    print(f"wrote {out}")
+    return 0
+
+
+def pool(files: list[str], out: str) -> int:
+    """Pool several runs (seeds) of the same settings: paired bootstrap over examples, per task and budget."""
+    loaded = _load_seeds(files)
     pooled = {"files": files, "tasks": []}
     for name in dict.fromkeys(t["task"] for result in loaded for t in result["tasks"]):
         runs = [t for result in loaded for t in result["tasks"] if t["task"] == name]
@@ -214,11 +271,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "scripts" / "results" / "bench_ode.json"))
     parser.add_argument("--pool", nargs="+", metavar="RESULT",
                         help="no training: pool these result files (seeds of one setting) and write --out")
+    parser.add_argument("--versus", nargs="+", metavar="RESULT",
+                        help="with --pool: the seeds of another setting, in the same seed order; prints every "
+                             "row of --pool minus the same row here, per example")
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(ROOT))
+    if args.versus and not args.pool:
+        parser.error("--versus compares against the runs given with --pool")
     if args.pool:
-        return pool(args.pool, args.out)
+        return versus(args.pool, args.versus, args.out) if args.versus else pool(args.pool, args.out)
     from plmkit.cliargs import quiet_libraries
     from plmkit.report import format_table
 
