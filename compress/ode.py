@@ -53,8 +53,12 @@ INITS = ("average", "layer", "mpo", "random")
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "gelu_new": lambda x: F.gelu(x, approximate="tanh")}
 
 
-def parse_steps(spec: str | None, depth: int) -> tuple[int, ...]:
-    """'auto' -> T, ceil(T/2), ceil(T/4); 'full' -> T; else a comma list of counts (largest first)."""
+def parse_steps(spec: str | None, depth: int, weighted: bool = False) -> tuple[int, ...]:
+    """'auto' -> T, ceil(T/2), ceil(T/4); 'full' -> T; else a comma list of counts (largest first).
+
+    The distinct counts, or with ``weighted`` every listed count with its repeats ('6,3,3,2' ->
+    (6, 3, 3, 2): the training draw takes 3 half the time).
+    """
     if spec in (None, "", "auto"):
         counts = [math.ceil(depth / f) for f in (1, 2, 4)]
     elif spec == "full":
@@ -66,7 +70,7 @@ def parse_steps(spec: str | None, depth: int) -> tuple[int, ...]:
             raise ConfigError(f"step counts must be 'auto', 'full' or comma-separated integers, got {spec!r}") from error
     if not counts or any(n < 1 for n in counts):
         raise ConfigError(f"step counts must be >= 1; got {spec!r}")
-    return tuple(sorted(set(counts), reverse=True))
+    return tuple(sorted(counts if weighted else set(counts), reverse=True))
 
 
 def block_of_step(step: int, steps: int, num_blocks: int) -> int:
@@ -107,7 +111,8 @@ class ODEConfig:
     atol: float = 1e-4
     """Absolute tolerance of the adaptive solver."""
     train_steps: str = "auto"
-    """Step counts drawn uniformly per training batch: 'auto' (T, T/2, T/4), 'full' (T only) or e.g. '6,3,2'."""
+    """Step counts drawn uniformly per training batch: 'auto' (T, T/2, T/4), 'full' (T only) or e.g. '6,3,2';
+    a count listed twice is drawn twice as often ('6,3,3,2')."""
     train_solver: str = "euler"
     """Fixed-step solver used in training ('euler', 'heun' or 'rk4')."""
     extra: dict = field(default_factory=dict)
@@ -224,7 +229,7 @@ class ODEEncoder(nn.Module):
         self.blocks = nn.ModuleList(SharedBlock(hidden, heads, intermediate, activation, eps, dropout)
                                     for _ in range(config.num_blocks))
         self.final_norm = nn.LayerNorm(hidden, eps=eps)
-        self.schedule = StepSchedule(parse_steps(config.train_steps, config.depth))
+        self.schedule = StepSchedule(parse_steps(config.train_steps, config.depth, weighted=True))
         self.steps, self.solver, self.last_evals = config.steps or config.depth, config.solver, 0
 
     def set_steps(self, steps: int | None = None, solver: str | None = None) -> None:

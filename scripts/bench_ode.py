@@ -185,7 +185,9 @@ def versus(files: list[str], others: list[str], out: str) -> int:
     """Two settings, each pooled over its seeds: every table row of one minus the same row of the other.
 
     The seeds are matched in order (file i of --pool with file i of --versus), and the runs must have
-    scored the same examples; rows are compared per example by the paired bootstrap.
+    scored the same examples; rows are compared per example by the paired bootstrap. When the --pool
+    side has no layer dropping of its own (a lever run with --no-baseline), its shared rows are also
+    compared with the --versus side's layer dropping at the same budget.
     """
     if len(files) != len(others):
         raise SystemExit(f"--pool has {len(files)} files and --versus {len(others)}; pass one file per seed to each")
@@ -201,15 +203,19 @@ def versus(files: list[str], others: list[str], out: str) -> int:
             if any(run[split]["labels"] != a_runs[0][split]["labels"] for run in a_runs + b_runs):
                 raise SystemExit(f"{name}: the runs did not score the same {split} examples (pass results of the "
                                  "same --eval-samples and data seed)")
-        rows = [key for key in a_runs[0]["test"]["rows"] if key in b_runs[0]["test"]["rows"]]
+        mine_rows, their_rows = a_runs[0]["test"]["rows"], b_runs[0]["test"]["rows"]
+        pairs = [(key.rsplit("@", 1)[0], key, key) for key in mine_rows if key in their_rows]
+        # a lever run without its own baseline (--no-baseline) is judged against the other side's layer dropping
+        pairs += [("shared - their layer dropping", key, f"layer dropping@{key.rsplit('@', 1)[1]}")
+                  for key in mine_rows if key.startswith("shared") and f"layer dropping@{key.rsplit('@', 1)[1]}"
+                  in their_rows and f"layer dropping@{key.rsplit('@', 1)[1]}" not in mine_rows]
         comparisons = []
-        for key in rows:
+        for label, a_key, b_key in pairs:
             for split in ("validation", "test"):
-                both = [{split: {"labels": run[split]["labels"], "rows": {"a": run[split]["rows"][key],
-                                                                         "b": other[split]["rows"][key]}}}
+                both = [{split: {"labels": run[split]["labels"], "rows": {"a": run[split]["rows"][a_key],
+                                                                         "b": other[split]["rows"][b_key]}}}
                         for run, other in zip(a_runs, b_runs, strict=True)]
-                model, steps = key.rsplit("@", 1)
-                comparisons.append({"comparison": model, "steps": int(steps), "split": split,
+                comparisons.append({"comparison": label, "steps": int(a_key.rsplit("@", 1)[1]), "split": split,
                                     **_paired(both, split, "a", "b")})
         compared["tasks"].append({"task": name, "runs": len(a_runs), "comparisons": comparisons})
         print("\n" + _paired_table(comparisons, f"{name}: --pool minus --versus, same row, {len(a_runs)} seeds "

@@ -44,6 +44,18 @@ def test_versus_compares_each_row_per_example_across_settings(bench, tmp_path, c
     assert "settings that differ: ode_epochs" in capsys.readouterr().out
 
 
+def test_a_lever_without_its_own_baseline_is_judged_against_the_other_sides_layer_dropping(bench, tmp_path):
+    lever = [_result(tmp_path / "lever.json", 1, {"shared@3": "1110", "shared@6": "1111"}, train_steps="6,3,3,2")]
+    recipe = [_result(tmp_path / "recipe.json", 1, {"shared@3": "1100", "shared@6": "1111",
+                                                     "layer dropping@3": "1000"})]
+    bench.versus(lever, recipe, str(tmp_path / "out.json"))
+    got = {(c["comparison"], c["steps"], c["split"]): c["difference"]
+           for c in json.loads((tmp_path / "out.json").read_text())["tasks"][0]["comparisons"]}
+    assert got["shared", 3, "test"] == pytest.approx(25.0) and got["shared", 6, "test"] == 0
+    assert got["shared - their layer dropping", 3, "test"] == pytest.approx(50.0)
+    assert ("shared - their layer dropping", 6, "test") not in got  # no dropping at 6 steps on either side
+
+
 def test_versus_and_pool_refuse_what_cannot_be_paired(bench, tmp_path, capsys):
     a = _result(tmp_path / "a.json", 1, {"shared@3": "1111"})
     b = _result(tmp_path / "b.json", 1, {"shared@3": "1111"}, labels="1111")

@@ -281,6 +281,15 @@ def test_training_forward_draws_steps_and_eval_uses_the_setting(make_encoder):
     assert model.encoder.last_evals == 2 and int(model.encoder.schedule.counter) == 6
 
 
+def test_a_count_listed_twice_is_drawn_twice_as_often(make_encoder):
+    model = _classifier(make_encoder, depth=4, train_steps="4,2,2,1")
+    model.encoder.schedule.reseed(5)
+    draws = [model.encoder.schedule.peek(i) for i in range(4000)]
+    shares = {n: draws.count(n) / len(draws) for n in (4, 2, 1)}
+    assert shares[2] == pytest.approx(0.5, abs=0.03) and shares[4] == pytest.approx(0.25, abs=0.03)
+    assert shares[1] == pytest.approx(0.25, abs=0.03)  # binomial sd of a share over 4,000 draws: 0.007
+
+
 def _relative_error_by_hand(student, teacher, mask):
     """sum over real tokens of ||a - b||^2 / sum of ||b||^2, after a plain per-token standardisation."""
     def standardise(x):
@@ -341,6 +350,8 @@ def test_parse_steps():
     assert parse_steps("auto", 6) == (6, 3, 2)
     assert parse_steps("full", 6) == (6,)
     assert parse_steps("1,3,3", 6) == (3, 1)
+    assert parse_steps("1,3,3", 6, weighted=True) == (3, 3, 1)  # the training draw's weights
+    assert parse_steps("auto", 6, weighted=True) == (6, 3, 2)
     for bad in ("two", "3,0"):
         with pytest.raises(ConfigError):
             parse_steps(bad, 6)
