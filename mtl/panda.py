@@ -131,6 +131,7 @@ class Ranked:
 
 def _auto_refs(setup: Any, backbone: Any, config: PromptConfig, target_name: str) -> list[Any]:
     """Every prompt entry the store holds for this backbone and prompt config, one per task."""
+    from plmkit.io import read_whole
     from plmkit.mtl.store import AdapterStore
     from plmkit.mtl.transfer import SourceRef
     from plmkit.saving import ModuleFolderError
@@ -140,7 +141,8 @@ def _auto_refs(setup: Any, backbone: Any, config: PromptConfig, target_name: str
         if entry.task in seen:
             continue
         try:
-            found, _ = read_prompts(entry.path, backbone.model, f"store entry {entry.key}", backbone.name)
+            found, _ = read_whole(entry.path, lambda path, entry=entry: read_prompts(
+                path, backbone.model, f"store entry {entry.key}", backbone.name))
         except ModuleFolderError:
             continue
         if found == config:

@@ -8,7 +8,8 @@ backbone's weights therefore changes the key, and the module is retrained rather
 
 Concurrency: ``locked(key)`` holds a per-key file lock (the asset cache's lock helper), so a second
 run that needs the same source waits, then finds and reuses the entry. ``put`` copies into a unique
-staging folder and renames it into place, so a reader sees a whole entry or none. Under several ranks
+staging folder and renames it into place, so a reader sees a whole entry or none; ``read(key, load)``
+(and ``plmkit.io.read_whole`` for a folder) re-reads when an entry is replaced under the reader. Under several ranks
 (one job launched with ``deepspeed``) ``get_or_put`` is collective: rank 0 alone holds the lock and
 looks the key up, and every rank follows its answer (train together, or reuse), so the ranks can
 never split between training and reusing when another job installs the entry meanwhile.
@@ -26,11 +27,17 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from plmkit import distributed
-from plmkit.io import file_lock
+from plmkit.io import file_lock, read_whole
 from plmkit.saving import CONFIG, WEIGHTS
+
+T = TypeVar("T")
+
+
+class _NoEntry(Exception):
+    """Raised inside ``AdapterStore.read`` while the key has no whole entry."""
 
 
 def default_store_dir() -> Path:
@@ -78,6 +85,23 @@ class AdapterStore:
         path = self.path(key)
         complete = (path / CONFIG).is_file() and (path / WEIGHTS).is_file()
         return path if complete else None
+
+    def read(self, key: str, load: Callable[[Path], T]) -> T | None:
+        """``load(entry folder)`` on one whole version of the entry, or None when the key has none.
+
+        Prefer this to opening files under ``get(key)``: ``put`` may replace the entry meanwhile (the
+        old folder moves away before the new one moves in), and this re-reads when that happened
+        (``plmkit.io.read_whole``) instead of failing on a file that was there a moment ago.
+        """
+        def whole(path: Path) -> T:
+            if self.get(key) is None:
+                raise _NoEntry(key)
+            return load(path)
+
+        try:
+            return read_whole(self.path(key), whole)
+        except _NoEntry:
+            return None
 
     def list(self, backbone: str | None = None, kind: str | None = None) -> list[StoreEntry]:
         """Complete entries, optionally of one backbone (name or slug) and one kind."""

@@ -20,6 +20,7 @@ from torch import nn
 
 from plmkit.errors import ConfigError
 from plmkit.handles import Handle
+from plmkit.io import read_whole
 from plmkit.mtl.registry import TransferMethod, source_kind, transfer_method, transfer_methods
 from plmkit.saving import ModuleFolderError, check_backbone, read_module_folder
 from plmkit.sites import find_feed_forward_sites, install_block
@@ -128,8 +129,8 @@ def _load_sources(composition: Composition, model: nn.Module, backbone_name: str
         if not Path(ref.path).is_dir():
             raise ModuleFolderError(f"source adapter {ref.name!r} is missing: {ref.path} does not exist{where}; "
                                     "train it again or point to its folder")
-        config, source_tensors = source_kind(ref.kind).read(
-            ref.path, model, f"source {ref.kind} {ref.name!r} ({ref.path}){where}", backbone_name)
+        config, source_tensors = read_whole(ref.path, lambda path, ref=ref, where=where: source_kind(ref.kind).read(
+            path, model, f"source {ref.kind} {ref.name!r} ({ref.path}){where}", backbone_name))
         configs.append((ref.kind, config))
         tensors.append(source_tensors)
     if any(c != configs[0] for c in configs):

@@ -8,9 +8,12 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:  # torch stays unimported for light users (the asset cache)
     import torch
@@ -97,6 +100,44 @@ def file_lock(path: str | Path, on_wait: Callable[[], None] | None = None) -> It
                     on_wait()
                 fcntl.flock(handle, fcntl.LOCK_EX)
         yield
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the folder now at ``path``, or None while nothing is there."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def read_whole(path: str | Path, load: Callable[[Path], T], attempts: int = 7) -> T:
+    """``load(path)`` on one whole version of a folder that another process may replace meanwhile.
+
+    Folders written with ``atomic_directory`` (and store entries) are replaced by two renames: the
+    old folder moves away, then the new one moves in. A reader between or across those renames finds
+    files missing, or reads the config of one version and the weights of the next. So the folder's
+    identity (device, inode) is taken before and after ``load``: if it changed, or nothing was there,
+    the read is repeated after a short wait (2, 4, 8 ... ms, ``attempts`` reads in all). An error
+    raised while the same folder stayed in place is a real one and propagates at once; so does the
+    last attempt's error.
+    """
+    path = Path(path)
+    for attempt in range(attempts):
+        before = _identity(path)
+        try:
+            result = load(path)
+        except Exception:
+            if attempt + 1 == attempts or (before is not None and _identity(path) == before):
+                raise
+        else:
+            if before is not None and _identity(path) == before:
+                return result
+            if attempt + 1 == attempts:
+                raise RuntimeError(f"{path} was replaced during each of {attempts} reads; "
+                                   "stop the process that keeps rewriting it, then read again")
+        time.sleep(0.002 * 2**attempt)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def sha256_file(path: str | Path) -> str:

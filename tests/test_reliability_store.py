@@ -81,14 +81,13 @@ def test_concurrent_puts_and_reads_see_whole_entries(make_encoder, tmp_path, mon
 
     def reader():
         while not stop.is_set():
-            path = store.get("tiny-bert/adapter/task/key")
-            if path is not None:
-                try:
-                    seen.append(load_file(str(path / "weights.safetensors")))
-                except FileNotFoundError:
-                    pass  # replaced between get and open: the next get sees the new whole entry
-                except Exception as error:  # noqa: BLE001
-                    errors.append(error)
+            try:
+                found = store.read("tiny-bert/adapter/task/key", lambda path: load_file(str(path / "weights.safetensors")))
+            except Exception as error:  # noqa: BLE001 - a read that fails while entries are replaced is the bug
+                errors.append(error)
+            else:
+                if found is not None:
+                    seen.append(found)
 
     threads = [threading.Thread(target=writer, args=(f,)) for f in folders] + [threading.Thread(target=reader)]
     for thread in threads:
@@ -98,6 +97,7 @@ def test_concurrent_puts_and_reads_see_whole_entries(make_encoder, tmp_path, mon
     stop.set()
     threads[-1].join()
     assert errors == []
+    assert seen  # the reader read while the writers replaced the entry
     final = load_file(str(store.get("tiny-bert/adapter/task/key") / "weights.safetensors"))
     for tensors in [final, *seen]:
         assert any(all(torch.equal(tensors[k], e[k]) for k in e) for e in expected)
