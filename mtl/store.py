@@ -23,14 +23,13 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from plmkit import distributed
-from plmkit.io import file_lock, read_whole
+from plmkit.io import atomic_directory, file_lock, read_whole
 from plmkit.saving import CONFIG, WEIGHTS
 
 T = TypeVar("T")
@@ -129,22 +128,9 @@ class AdapterStore:
 
     def _install(self, key: str, folder: str | Path) -> Path:
         """Stage under a unique name, then rename: readers see the old entry, the new one or none."""
-        target = self.path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".incoming"))
-        try:
+        with atomic_directory(self.path(key)) as staging:
             shutil.copytree(folder, staging, dirs_exist_ok=True)
-            old = None
-            if target.exists():
-                old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".old"))
-                os.replace(target, old / "entry")
-            os.replace(staging, target)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        return target
+        return self.path(key)
 
     def get_or_put(self, key: str, build: Callable[[], str | Path]) -> tuple[Path, bool]:
         """(entry, reused): the stored entry, or ``build()``'s folder stored under the lock.

@@ -61,7 +61,11 @@ def save_tensors_atomic(tensors: dict[str, torch.Tensor], path: str | Path,
 
 @contextlib.contextmanager
 def atomic_directory(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
-    """Yield a temporary sibling folder; it replaces ``path`` only if the block succeeds."""
+    """Yield a temporary sibling folder; it replaces ``path`` only if the block succeeds.
+
+    An existing folder moves into a uniquely named sibling first (a directory cannot be renamed over a
+    non-empty one), so concurrent writers never collide on it; readers use ``read_whole``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
@@ -70,9 +74,8 @@ def atomic_directory(path: str | Path, overwrite: bool = True) -> Iterator[Path]
         if path.exists():
             if not overwrite:
                 raise FileExistsError(f"{path} already exists")
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
+            os.replace(path, old / "entry")
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
         else:
@@ -114,7 +117,7 @@ def _identity(path: Path) -> tuple[int, int] | None:
 def read_whole(path: str | Path, load: Callable[[Path], T], attempts: int = 7) -> T:
     """``load(path)`` on one whole version of a folder that another process may replace meanwhile.
 
-    Folders written with ``atomic_directory`` (and store entries) are replaced by two renames: the
+    Folders written with ``atomic_directory`` (store entries too) are replaced by two renames: the
     old folder moves away, then the new one moves in. A reader between or across those renames finds
     files missing, or reads the config of one version and the weights of the next. So the folder's
     identity (device, inode) is taken before and after ``load``: if it changed, or nothing was there,
