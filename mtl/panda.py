@@ -43,7 +43,13 @@ from plmkit.errors import ConfigError
 from plmkit.losses import DistillationLoss, MultiTeacherDistillationLoss, Teacher
 from plmkit.mtl.prompts import KIND, PromptConfig, attach_prompts, load_prompt_tensors, read_prompts
 from plmkit.mtl.registry import TransferMethod, register_transfer_method
-from plmkit.mtl.transferability import beta_from_transferability, embed_tasks, probe_batch, similarity_matrix
+from plmkit.mtl.transferability import (
+    beta_from_transferability,
+    check_metric,
+    embed_tasks,
+    probe_batch,
+    similarity_matrix,
+)
 
 logger = logging.getLogger("plmkit")
 STUDENT_INITS = ("fresh", "source")
@@ -85,7 +91,8 @@ class PandaConfig(PromptMethodConfig):
 
     cli_flags: ClassVar[dict[str, str]] = {**PromptMethodConfig.cli_flags, "top_k": "panda_top_k",
                                            "beta_max": "panda_beta_max", "student_init": "panda_student_init",
-                                           "probe_size": "panda_probe_size", "fusion": "panda_fusion"}
+                                           "probe_size": "panda_probe_size", "fusion": "panda_fusion",
+                                           "metric": "panda_metric"}
 
     top_k: int = 1
     """Sources kept after ranking by transferability (k > 1: combined as --panda-fusion says)."""
@@ -95,6 +102,9 @@ class PandaConfig(PromptMethodConfig):
     """PANDA student prompt: 'fresh' (as --method prompt) or 'source' (as the teacher's start)."""
     probe_size: int = 64
     """Target training rows on which the transferability metric compares prompts."""
+    metric: str = "activation"
+    """Transferability metric: 'activation' (layer-state shift), 'neurons' (FFN firing rates at the prompt)
+    or 'neurons-shift' (the firing rates' shift from a content-free prompt)."""
     fusion: str = "early"
     """Several sources: 'early' (their prompts averaged, weights ∝ T; PANDA's one teacher starts there) or
     'late' (PANDA only: one teacher per source, distillation terms weighted by β(s_i, t) / k). Prompt
@@ -112,6 +122,7 @@ class PandaConfig(PromptMethodConfig):
             raise ConfigError(f"--panda-probe-size must be >= 1, got {self.probe_size}")
         if self.fusion not in FUSIONS:
             raise ConfigError(f"--panda-fusion must be one of {FUSIONS}, got {self.fusion!r}")
+        check_metric(self.metric, "--panda-metric")
 
 
 def attach_fresh_prompt(model: nn.Module, config: PromptMethodConfig, tokenizer: Any = None):
@@ -169,7 +180,7 @@ def rank_sources(refs: list[Any], backbone: Any, data: Any, setup: Any, config: 
         return [Ranked(r.name, r.path, t, 1.0) for r, (_, t) in zip(candidates, prompts, strict=True)]
     target_prompt = read_prompts(own[0].path, backbone.model, "target prompt", backbone.name)
     batch = probe_batch(data.train, data.collator, config.probe_size, next(backbone.model.parameters()).device)
-    embeddings = embed_tasks(backbone.model, [target_prompt, *prompts], batch)
+    embeddings = embed_tasks(backbone.model, [target_prompt, *prompts], batch, config.metric)
     similarity = similarity_matrix(embeddings)[0, 1:].tolist()
     ranked = [Ranked(r.name, r.path, t, s) for r, (_, t), s in zip(candidates, prompts, similarity, strict=True)]
     ranked.sort(key=lambda r: -r.transferability)
@@ -190,8 +201,10 @@ def _chosen(refs, backbone, data, setup, config: PandaConfig) -> tuple[list[Rank
     return chosen, fused_prompt(chosen), sum(r.transferability for r in chosen) / len(chosen)
 
 
-def _describe(outcome: dict[str, Any], chosen: list[Ranked], transferability: float) -> dict[str, Any]:
+def _describe(outcome: dict[str, Any], chosen: list[Ranked], transferability: float,
+              config: PandaConfig) -> dict[str, Any]:
     outcome["transfer_sources"] = [r.name for r in chosen]
+    outcome["transferability_metric"] = config.metric
     outcome["transferability"] = {r.name: r.transferability for r in chosen}
     outcome["mean_transferability"] = transferability
     return outcome
@@ -214,7 +227,7 @@ def run_prompt_transfer(method, seed, refs, backbone, data, setup, base, run, ou
     config = setup.method_config(method)
     chosen, tensors, transferability = _chosen(refs, backbone, data, setup, config)
     outcome = run_method(method, seed, refs, backbone, data, setup, base, run, attach=_initialised(config, tensors))
-    return _describe(outcome, chosen, transferability)
+    return _describe(outcome, chosen, transferability, config)
 
 
 def run_panda(method, seed, refs, backbone, data, setup, base, run, outcomes) -> dict[str, Any]:
@@ -236,7 +249,7 @@ def run_panda(method, seed, refs, backbone, data, setup, base, run, outcomes) ->
         lambda model: attach_fresh_prompt(model, config, backbone.tokenizer))
     outcome = run_method(method, seed, refs, backbone, data, setup, base, run, attach=student, loss=loss)
     outcome.update(fusion=config.fusion, **recorded)
-    return _describe(outcome, chosen, transferability)
+    return _describe(outcome, chosen, transferability, config)
 
 
 def _teacher(seed, chosen, tensors, config, refs, backbone, data, setup, base, run, outcomes,

@@ -17,6 +17,21 @@ not on the probe text. It works alike for prompt tuning and deep prefixes (a pro
 in a space the model reads, prefixes in per-layer key/value spaces — their weights cannot be
 compared across modes, their effects can).
 
+**Neuron stimulation (``metric="neurons"`` / ``"neurons-shift"``).** The paper family's other reading
+of "the frozen model's activations under each prompt": how often each feed-forward neuron fires. For
+every layer l, u_l is the input of the FFN's output projection (the post-activation intermediate,
+``intermediate`` wide; for gated MLPs the gated product) and a neuron fires where u_l > 0. Its rate is
+taken at the prompt's P positions over all probe rows (prompt tuning: the prompt's own stimulation of
+the model), or over the real tokens for deep prefixes, which add no positions:
+
+    r_l(τ) = mean_{x∈X, p≤P} 1[u_l(x; π_τ)_p > 0]                      (intermediate,) in [0, 1]
+    e(τ)   = concat_l  r_l(τ) / ||r_l(τ)||                               ("neurons": T ∈ [0, 1])
+    e(τ)   = concat_l  Δ_l / ||Δ_l||,  Δ_l = r_l(τ) - r_l(π_0)            ("neurons-shift": T ∈ [-1, 1])
+
+The first is the overlap of firing patterns itself (rates are never negative, so T ≥ 0 and β is never
+clipped to 0); the second removes what every prompt of this shape stimulates alike, as the default does.
+The rows of ``METRICS`` name the three; ``--panda-metric`` and ``plmkit transferability --metric`` pick one.
+
 **Metric.** T(s, t) = cos(e(s), e(t)) ∈ [-1, 1]: symmetric, 1 on the diagonal, for one probe set X.
 The matrix command pools ``probe_size`` rows of every listed task into X (so the matrix is
 symmetric); ranking candidate sources for one target uses the target's own training rows.
@@ -33,7 +48,7 @@ opposed one (T ≤ 0) not at all and the student falls back to plain prompt tuni
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -57,13 +72,66 @@ def beta_from_transferability(similarity: float, beta_max: float = 1.0) -> float
 
 
 @torch.no_grad()
-def _pooled_layers(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def _pooled_layers(model: nn.Module, config: PromptConfig, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """(layers, hidden): every layer's states mean-pooled over real tokens, averaged over the probe rows."""
     inputs = build_classifier(model, 2).encoder_inputs(**batch)
     hidden = model(**inputs, output_hidden_states=True).hidden_states[1:]  # L × (batch, seq, hidden)
     mask = batch["attention_mask"].unsqueeze(-1).float()  # (batch, seq, 1)
     pooled = [((h.float() * mask).sum(1) / mask.sum(1).clamp_min(1.0)).mean(0) for h in hidden]
     return torch.stack(pooled)
+
+
+@torch.no_grad()
+def _firing_rates(model: nn.Module, config: PromptConfig, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(layers, intermediate): how often each feed-forward neuron fires (u > 0) at the prompt's positions
+    (prompt tuning) or at the real tokens (deep prefixes), over the probe rows."""
+    located = locate(model)
+    projection = located.anatomy.residual_linears[1]  # the FFN output linear; its input is u
+    captured: list[torch.Tensor] = []
+    hooks = [layer.get_submodule(projection).register_forward_pre_hook(
+        lambda _module, args: captured.append(args[0].detach())) for layer in located.layers]
+    try:
+        model(**build_classifier(model, 2).encoder_inputs(**batch))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    rates = []
+    for u in captured:  # (batch, P + seq, intermediate) with a prompt, (batch, seq, intermediate) with prefixes
+        fired = (u > 0).float()
+        if config.mode == "prompt":
+            rates.append(fired[:, :config.length].mean((0, 1)))
+        else:
+            mask = batch["attention_mask"].unsqueeze(-1).float()  # (batch, seq, 1)
+            rates.append((fired * mask).sum((0, 1)) / mask.sum().clamp_min(1.0))
+    return torch.stack(rates)
+
+
+@dataclass(frozen=True)
+class TaskMetric:
+    """One way to turn a trained prompt into a task embedding (a row of ``METRICS``)."""
+
+    states: Callable[[nn.Module, PromptConfig, dict[str, torch.Tensor]], torch.Tensor]
+    """(model with the prompt attached, its config, probe batch) -> (layers, width)."""
+    from_neutral: bool
+    """Measure the prompt's states as a shift from the content-free prompt's."""
+    summary: str
+
+
+METRICS: dict[str, TaskMetric] = {
+    "activation": TaskMetric(_pooled_layers, True, "layer states mean-pooled over the real tokens, as a shift "
+                                                   "from a content-free prompt (the default)"),
+    "neurons": TaskMetric(_firing_rates, False, "feed-forward neuron firing rates at the prompt's positions"),
+    "neurons-shift": TaskMetric(_firing_rates, True, "feed-forward firing rates as a shift from a content-free "
+                                                     "prompt"),
+}
+
+
+def check_metric(name: str, flag: str = "--metric") -> TaskMetric:
+    """The row of ``METRICS`` called ``name``, or a ConfigError that lists the rows."""
+    if name not in METRICS:
+        raise ConfigError(f"{flag} must be one of {', '.join(METRICS)} (" +
+                          "; ".join(f"{k}: {m.summary}" for k, m in METRICS.items()) + f"), got {name!r}")
+    return METRICS[name]
 
 
 def neutral_prompt(model: nn.Module, tensors: dict[str, torch.Tensor], config: PromptConfig) -> dict[str, torch.Tensor]:
@@ -78,13 +146,13 @@ def neutral_prompt(model: nn.Module, tensors: dict[str, torch.Tensor], config: P
 
 @torch.no_grad()
 def _prompted_states(model: nn.Module, config: PromptConfig, tensors: dict[str, torch.Tensor],
-                     batch: dict[str, torch.Tensor]) -> torch.Tensor:
+                     batch: dict[str, torch.Tensor], metric: str = "activation") -> torch.Tensor:
     was_training = model.training
     model.eval()
     handle = attach_prompts(model, replace_init(config), freeze=False)
     try:
         load_prompt_tensors(handle, tensors, "transferability probe")
-        return _pooled_layers(model, batch)
+        return check_metric(metric).states(model, config, batch)
     finally:
         handle.detach()
         model.train(was_training)
@@ -92,12 +160,16 @@ def _prompted_states(model: nn.Module, config: PromptConfig, tensors: dict[str, 
 
 @torch.no_grad()
 def task_embedding(model: nn.Module, config: PromptConfig, tensors: dict[str, torch.Tensor],
-                   batch: dict[str, torch.Tensor], plain: torch.Tensor | None = None) -> torch.Tensor:
-    """e(τ) of the prompt ``tensors`` on the probe ``batch`` (``plain``: the neutral prompt's pooled states)."""
-    if plain is None:
-        plain = _prompted_states(model, config, neutral_prompt(model, tensors, config), batch)
-    shift = _prompted_states(model, config, tensors, batch) - plain  # (layers, hidden)
-    return (shift / shift.norm(dim=-1, keepdim=True).clamp_min(1e-12)).flatten()
+                   batch: dict[str, torch.Tensor], plain: torch.Tensor | None = None,
+                   metric: str = "activation") -> torch.Tensor:
+    """e(τ) of the prompt ``tensors`` on the probe ``batch`` under ``metric`` (a row of ``METRICS``);
+    ``plain``: the neutral prompt's states under the same metric, for the metrics measured from it."""
+    states = _prompted_states(model, config, tensors, batch, metric)  # (layers, width)
+    if check_metric(metric).from_neutral:
+        if plain is None:
+            plain = _prompted_states(model, config, neutral_prompt(model, tensors, config), batch, metric)
+        states = states - plain
+    return (states / states.norm(dim=-1, keepdim=True).clamp_min(1e-12)).flatten()
 
 
 def replace_init(config: PromptConfig) -> PromptConfig:
@@ -129,15 +201,16 @@ def probe_batch(features: Sequence[dict[str, Any]], collator: Any, size: int, de
 
 
 def embed_tasks(model: nn.Module, prompts: Sequence[tuple[PromptConfig, dict[str, torch.Tensor]]],
-                batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+                batch: dict[str, torch.Tensor], metric: str = "activation") -> list[torch.Tensor]:
     """Task embeddings of several trained prompts on one probe batch (the plain pass computed once)."""
     if not prompts:
         return []
     config, tensors = prompts[0]
-    neutral = neutral_prompt(model, tensors, config)
     reparam = config.reparameterize  # an MLP prefix: each task's own MLP on a zero embedding
-    plain = None if reparam else _prompted_states(model, config, neutral, batch)
-    return [task_embedding(model, c, t, batch, plain) for c, t in prompts]
+    plain = None
+    if check_metric(metric).from_neutral and not reparam:
+        plain = _prompted_states(model, config, neutral_prompt(model, tensors, config), batch, metric)
+    return [task_embedding(model, c, t, batch, plain, metric) for c, t in prompts]
 
 
 # ------------------------------------------------------------------------------ the matrix job
@@ -163,6 +236,11 @@ class TransferabilitySetup:
     prompt_length: int = 20
     probe_size: int = 16
     """Training rows of each task pooled into the one probe set (the matrix is symmetric for it)."""
+    metric: str = "activation"
+    """Task embedding: 'activation' (layer-state shift), 'neurons' (FFN firing rates) or 'neurons-shift'."""
+
+    def __post_init__(self) -> None:
+        check_metric(self.metric)
 
     def task_list(self) -> list[str]:
         names = [t.strip() for t in self.tasks.split(",") if t.strip()]
@@ -202,12 +280,12 @@ def run_transferability(setup: TransferabilitySetup, base: Any, run: Any) -> dic
         backbone.tokenizer, setup.max_length, setup.probe_size)]
     batch = probe_batch(probe, collator, len(probe), next(backbone.model.parameters()).device)
     prompts = [read_prompts(r.path, backbone.model, f"prompt {r.name}", backbone.name) for r in refs]
-    matrix = similarity_matrix(embed_tasks(backbone.model, prompts, batch)).tolist()
+    matrix = similarity_matrix(embed_tasks(backbone.model, prompts, batch, setup.metric)).tolist()
     labels = [_display_name(n) for n in names]
     plot_heatmap(matrix, labels, labels, run.path / "transferability.png",
-                 title="transferability T(source, target)", colorbar_label="cosine of task embeddings")
+                 title=f"transferability T(source, target), {setup.metric}", colorbar_label="cosine of task embeddings")
     metrics = {"tasks": labels, "matrix": matrix, "sources": [asdict(r) for r in refs],
-               "prompt": asdict(config), "probe_rows": len(probe), "backbone": backbone.name,
+               "prompt": asdict(config), "probe_rows": len(probe), "metric": setup.metric, "backbone": backbone.name,
                "plots": {"heatmap": "transferability.png"}}
     run.write_json("config.json", {"job": "transferability", "setup": asdict(setup), "trainer": asdict(base)})
     run.write_json("metrics.json", metrics)

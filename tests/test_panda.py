@@ -17,6 +17,8 @@ from plmkit.mtl.panda import PandaConfig, _initialised
 from plmkit.mtl.prompts import PromptConfig, attach_prompts
 from plmkit.mtl.store import AdapterStore, store_key
 from plmkit.mtl.transferability import (
+    METRICS,
+    _firing_rates,
     beta_from_transferability,
     embed_tasks,
     similarity_matrix,
@@ -87,6 +89,82 @@ def test_metric_is_symmetric_bounded_and_sets_beta(make_encoder):
     assert [beta_from_transferability(t, 2.0) for t in (-0.3, 0.25, 1.4)] == [0.0, 0.5, 2.0]
 
 
+def _hand_firing_rates(model, batch, positions):
+    """Each layer's BertIntermediate output (act(dense(x)), the FFN projection's input), counted one
+    row and position at a time; ``positions(row)`` lists the positions that count."""
+    outputs = []
+    hooks = [layer.intermediate.register_forward_hook(lambda _m, _a, out: outputs.append(out))
+             for layer in model.encoder.layer]
+    with torch.no_grad():
+        model(**batch)  # the attached prompt's hooks change what the model sees, as in the metric
+    for hook in hooks:
+        hook.remove()
+    rates = []
+    for u in outputs:
+        fired = torch.zeros(u.shape[-1])
+        count = 0
+        for row in range(u.shape[0]):
+            for position in positions(row):
+                fired += (u[row, position] > 0).float()
+                count += 1
+        rates.append(fired / count)
+    return torch.stack(rates)
+
+
+@pytest.mark.parametrize("mode", ["prompt", "prefix"])
+def test_firing_rates_count_neurons_above_zero_at_the_prompt_or_the_real_tokens(make_encoder, mode):
+    backbone = make_encoder("bert")
+    model = backbone.model.eval()
+    config = PromptConfig(mode=mode, length=3, init="random")
+    torch.manual_seed(0)
+    handle = attach_prompts(model, config)
+    batch = {k: v for k, v in _batch(backbone.tokenizer).items() if k != "labels"}
+    assert batch["attention_mask"].min() == 0  # a padded row: padding must not count
+    rates = _firing_rates(model, config, batch)
+    if mode == "prompt":  # the prompt's own P positions, every row
+        expected = _hand_firing_rates(model, batch, lambda row: range(3))
+    else:  # no prompt positions: the real tokens
+        real = batch["attention_mask"]
+        expected = _hand_firing_rates(model, batch, lambda row: real[row].nonzero().flatten().tolist())
+    handle.detach()
+    layers = len(model.encoder.layer)
+    assert rates.shape == (layers, model.config.intermediate_size)
+    assert torch.allclose(rates, expected) and 0.0 < rates.mean() < 1.0
+
+
+@pytest.mark.parametrize("metric", ["neurons", "neurons-shift"])
+def test_neuron_metrics_are_symmetric_bounded_and_tell_prompts_apart(make_encoder, metric):
+    backbone = make_encoder("bert")
+    config = PromptConfig(length=3, init="random")
+    prompts = []
+    for seed in range(3):
+        handle, _ = _prompted(backbone, seed)
+        prompts.append((config, {k: v.clone() for k, v in handle.state_dict().items()}))
+    batch = {k: v for k, v in _batch(backbone.tokenizer).items() if k != "labels"}
+    matrix = similarity_matrix(embed_tasks(backbone.model, prompts, batch, metric))
+    assert torch.allclose(matrix, matrix.T) and torch.allclose(matrix.diagonal(), torch.ones(3), atol=1e-5)
+    low = 0.0 if metric == "neurons" else -1.0  # firing rates are never negative; their shifts can be
+    assert matrix.min() >= low - 1e-6 and matrix.max() <= 1.0 and matrix[0, 1] < 0.999
+    rates = [_firing_rates_of(backbone.model, c, t, batch) for c, t in prompts]
+    flat = [torch.cat([r / r.norm() for r in layer_rates]) for layer_rates in rates]
+    if metric == "neurons":  # the cosine of the per-layer normalised rates, by hand
+        assert matrix[0, 1].item() == pytest.approx(F.cosine_similarity(flat[0], flat[1], dim=0).item(), abs=1e-5)
+    assert not hasattr(backbone.model, "plmkit_prompt")
+
+
+def _firing_rates_of(model, config, tensors, batch):
+    model = copy.deepcopy(model).eval()
+    handle = attach_prompts(model, config)
+    handle.load_state_dict(tensors)
+    return _firing_rates(model, config, batch)
+
+
+def test_an_unknown_metric_is_refused_naming_the_rows():
+    with pytest.raises(ConfigError, match="--panda-metric must be one of activation, neurons, neurons-shift"):
+        PandaConfig(metric="overlap")
+    assert set(METRICS) == {"activation", "neurons", "neurons-shift"}
+
+
 def test_stage1_kinds_do_not_collide_in_the_store(tmp_path):
     signature = {"name": "b", "model_type": "bert", "hidden_size": 32, "num_layers": 2}
     keys = {kind: store_key(signature, "task", {"x": 1}, kind=kind) for kind in ("adapter", "prompt")}
@@ -121,14 +199,17 @@ def test_each_method_end_to_end_and_the_teacher_is_reused(tmp_path, tiny_backbon
     assert saved["kind"] == "prompt" and saved["prompt"]["length"] == 3
     # --sources auto: the store's prompt entries for this backbone, ranked for the target
     assert main(["transfer", "--sources", "auto", "--method", "prompt-transfer", "--output-dir", str(tmp_path / "auto"),
-                 *common]) == 0
+                 "--panda-metric", "neurons", *common]) == 0
     auto = json.loads((tmp_path / "auto" / "metrics.json").read_text())["runs"][0]
-    assert auto["transfer_sources"][0] in ("src_a", "src_b")
+    assert auto["transfer_sources"][0] in ("src_a", "src_b") and auto["transferability_metric"] == "neurons"
+    assert 0.0 <= auto["mean_transferability"] <= 1.0  # firing-rate cosines are never negative
     # the matrix command reuses the stored prompts
     matrix_run = tmp_path / "matrix"
     assert main(["transferability", "--tasks", sources, "--backbone", str(tiny_backbone_dir), "--store",
                  str(tmp_path / "store"), "--source-epochs", "1", "--prompt-length", "3", "--max-length", "32",
-                 "--no-progress", "--output-dir", str(matrix_run), "--source-learning-rate", "0.001"]) == 0
+                 "--no-progress", "--output-dir", str(matrix_run), "--source-learning-rate", "0.001",
+                 "--metric", "neurons-shift"]) == 0
+    assert json.loads((matrix_run / "metrics.json").read_text())["metric"] == "neurons-shift"
     matrix = json.loads((matrix_run / "metrics.json").read_text())["matrix"]
     assert len(matrix) == 2 and matrix[0][1] == pytest.approx(matrix[1][0])
     assert (matrix_run / "transferability.png").is_file()
