@@ -20,6 +20,12 @@ layer 0) becomes N_a; the layer's own LN_a becomes N_f; the last layer's LN_f is
 the head. The residual stream is no longer re-normalised, so the result is an approximation that is
 then fine-tuned (with distillation from the original model).
 
+Learned step gains (``step_gains``, off by default): every trained step count n gets a gain vector
+per step, h <- h + g_{n,j} ⊙ (step(h) - h) (for Euler h + s g_{n,j} ⊙ F(h)), initialised to ones. The
+shared field F stays one field; the gains let each few-step solve rescale its larger steps per hidden
+unit, (sum of the trained counts) x hidden parameters in all. Step counts that were not trained, and the
+adaptive solver, use g = 1.
+
 Step-robust training: in training mode the encoder draws the step count of each forward from
 ``train_steps`` with a generator seeded by (seed, counter), where seed and counter are persistent
 buffers: every rank draws the same counts (ZeRO-3 needs the same module calls on every rank) and a
@@ -115,6 +121,9 @@ class ODEConfig:
     a count listed twice is drawn twice as often ('6,3,3,2')."""
     train_solver: str = "euler"
     """Fixed-step solver used in training ('euler', 'heun' or 'rk4')."""
+    step_gains: bool = False
+    """Learn a gain vector g_{n,j} per step j of every trained step count n: h <- h + g_{n,j} * (step(h) - h),
+    g = 1 at the start (the plain solve); other counts and the adaptive solver keep g = 1."""
     extra: dict = field(default_factory=dict)
     """Sizes recorded when the model is built (hidden size, heads, ...); not a flag."""
 
@@ -231,6 +240,10 @@ class ODEEncoder(nn.Module):
         self.final_norm = nn.LayerNorm(hidden, eps=eps)
         self.schedule = StepSchedule(parse_steps(config.train_steps, config.depth, weighted=True))
         self.steps, self.solver, self.last_evals = config.steps or config.depth, config.solver, 0
+        # g_{n,j}: (n, hidden) per trained count n, ones = the plain solve; keys are the counts as text
+        self.step_gains = nn.ParameterDict({str(n): nn.Parameter(torch.ones(n, hidden))
+                                            for n in sorted(set(self.schedule.choices), reverse=True)}
+                                           ) if config.step_gains else None
 
     def set_steps(self, steps: int | None = None, solver: str | None = None) -> None:
         """Inference setting: ``steps`` (any count >= 1) with ``solver``."""
@@ -253,8 +266,11 @@ class ODEEncoder(nn.Module):
                 self.last_evals += evals
             return h
         size, step = self.config.depth / steps, STEPPERS[solver]
+        gains = self.step_gains[str(steps)] if self.step_gains is not None and str(steps) in self.step_gains \
+            else None  # (steps, hidden)
         for j in range(steps):
-            h = step(field(self.blocks[block_of_step(j, steps, len(self.blocks))]), h, size)
+            stepped = step(field(self.blocks[block_of_step(j, steps, len(self.blocks))]), h, size)
+            h = stepped if gains is None else h + gains[j] * (stepped - h)
             if states is not None and (j + 1) * self.config.depth % steps == 0:
                 states[(j + 1) * self.config.depth // steps] = h
         self.last_evals = steps * EVALS_PER_STEP[solver]

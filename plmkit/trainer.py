@@ -202,8 +202,9 @@ def move_to_device(batch: Any, device: torch.device) -> Any:
 
 
 def _no_decay(name: str, param: nn.Parameter) -> bool:
+    """Biases, norms and gains (multiplicative, centred on 1: decay toward 0 would switch them off)."""
     lowered = name.lower()
-    return param.ndim <= 1 or lowered.endswith("bias") or "norm" in lowered
+    return param.ndim <= 1 or lowered.endswith("bias") or "norm" in lowered or "gain" in lowered
 
 
 def linear_schedule(total_steps: int, warmup_steps: int) -> Callable[[int], float]:

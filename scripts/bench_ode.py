@@ -139,7 +139,7 @@ def run_task(task: str, args: argparse.Namespace, folder: Path) -> dict:
                             progress=False, seed=args.seed)
     started = time.perf_counter()
     config = ODEConfig(train_steps=args.train_steps, init=args.init, init_layer=args.init_layer,
-                       num_blocks=args.num_blocks)
+                       num_blocks=args.num_blocks, step_gains=args.step_gains)
     metrics = ode_compress(setup, config, trainer, run)
     rows = metrics["table"]
     depth = metrics["ode_config"]["depth"]
@@ -267,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--init-layer", default="0", help="one layer for every block, or one per block: 0,2,4")
     parser.add_argument("--num-blocks", type=int, default=1)
     parser.add_argument("--train-steps", default="auto")
+    parser.add_argument("--step-gains", action="store_true",
+                        help="learned gain vector per step of every trained step count (ODEConfig.step_gains)")
     parser.add_argument("--eval-steps", default="6,3,2")
     parser.add_argument("--latency-batch", type=int, default=32)
     parser.add_argument("--latency-tokens", type=int, default=64)

@@ -373,6 +373,35 @@ def test_save_and_reload_with_any_step_count(make_encoder, tmp_path):
     assert config["ode"]["num_blocks"] == 2
 
 
+def test_step_gains_scale_each_step_of_their_count_and_train_only_when_drawn(make_encoder, tmp_path):
+    model = _classifier(make_encoder, depth=4, train_steps="4,2", step_gains=True).eval()
+    encoder = model.encoder
+    assert {k: tuple(v.shape) for k, v in encoder.step_gains.items()} == {"4": (4, 32), "2": (2, 32)}
+    ids, mask = _batch()
+    plain = _classifier(make_encoder, depth=4, train_steps="4,2").eval()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if "step_gains" not in k})
+    with torch.no_grad():  # g = 1 at the start: the plain solve
+        assert torch.equal(model.set_steps(2)(ids, mask), plain.set_steps(2)(ids, mask))
+        for gains in encoder.step_gains.values():
+            gains.copy_(torch.rand_like(gains) * 2)
+        h = encoder.embeddings(input_ids=ids)
+        for j in range(2):  # h <- h + s g_{2,j} * F(h), s = 2, block 0 (one block)
+            h = h + 2.0 * encoder.step_gains["2"][j] * encoder.blocks[0](h, mask.bool()[:, None, None, :])
+        assert torch.allclose(model.set_steps(2)(ids, mask), model.head(encoder.final_norm(h), mask), atol=1e-5)
+        # a count that was not trained (1) keeps g = 1
+        assert torch.equal(model.set_steps(1)(ids, mask), plain.set_steps(1)(ids, mask))
+    model.set_steps(4).zero_grad()
+    model(ids, mask).sum().backward()
+    assert encoder.step_gains["4"].grad.abs().sum() > 0 and encoder.step_gains["2"].grad is None
+    from plmkit.trainer import _no_decay
+
+    assert all(_no_decay(n, p) for n, p in model.named_parameters() if "step_gains" in n)  # centred on 1, not 0
+    save_ode_model(tmp_path / "m", model, make_encoder("bert").tokenizer)
+    loaded = load_ode_model(tmp_path / "m", steps=2)
+    with torch.no_grad():
+        assert torch.allclose(loaded.model(ids, mask), model.set_steps(2)(ids, mask), atol=1e-6)
+
+
 def test_ode_encoder_from_scratch_trains(make_encoder):
     model = _classifier(make_encoder, depth=4, init="random", train_steps="4,2")
     ids, mask = _batch()
