@@ -71,11 +71,6 @@ def _setup(settings: dict, store: str, target: str, sources: list[str], metric: 
                          method_options={"prompt_length": settings["prompt_length"], "panda_metric": metric})
 
 
-def _ranks(values: list[float]) -> list[int]:
-    order = sorted(range(len(values)), key=lambda i: -values[i])
-    return [order.index(i) + 1 for i in range(len(values))]
-
-
 def main() -> None:
     args = parse()
     pipeline.train_source = _no_training  # reuse stored prompts only
