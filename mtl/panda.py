@@ -44,6 +44,7 @@ from plmkit.losses import DistillationLoss, MultiTeacherDistillationLoss, Teache
 from plmkit.mtl.prompts import KIND, PromptConfig, attach_prompts, load_prompt_tensors, read_prompts
 from plmkit.mtl.registry import TransferMethod, register_transfer_method
 from plmkit.mtl.transferability import (
+    DEFAULT_METRIC,
     beta_from_transferability,
     check_metric,
     embed_tasks,
@@ -102,9 +103,9 @@ class PandaConfig(PromptMethodConfig):
     """PANDA student prompt: 'fresh' (as --method prompt) or 'source' (as the teacher's start)."""
     probe_size: int = 64
     """Target training rows on which the transferability metric compares prompts."""
-    metric: str = "activation"
-    """Transferability metric: 'activation' (layer-state shift), 'neurons' (FFN firing rates at the prompt)
-    or 'neurons-shift' (the firing rates' shift from a content-free prompt)."""
+    metric: str = DEFAULT_METRIC
+    """Transferability metric: 'neurons' (FFN firing rates at the prompt), 'activation' (layer-state shift
+    from a content-free prompt) or 'neurons-shift' (the firing rates' shift from it)."""
     fusion: str = "early"
     """Several sources: 'early' (their prompts averaged, weights ∝ T; PANDA's one teacher starts there) or
     'late' (PANDA only: one teacher per source, distillation terms weighted by β(s_i, t) / k). Prompt

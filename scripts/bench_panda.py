@@ -38,7 +38,8 @@ TASKS = {"rotten-tomatoes": "rotten-tomatoes", "sst2": f"{GLUE}/sst2", "rt-subje
 
 
 SETTINGS = ("backbone", "seeds", "train", "eval", "source_train", "epochs", "source_epochs", "prompt_length",
-            "max_length", "learning_rate", "student_init")  # what a measured pair depends on (--resume checks)
+            "max_length", "learning_rate", "student_init", "metric")  # what a measured pair depends on (--resume)
+LEGACY = {"metric": "activation"}  # results written before a setting existed were measured with this value
 
 
 def parse() -> argparse.Namespace:
@@ -50,6 +51,9 @@ def parse() -> argparse.Namespace:
                         help="the first N sources of each target (pool order) also get PANDA; the rest only "
                              "vanilla transfer (for the metric check)")
     parser.add_argument("--student-init", default="fresh", choices=("fresh", "source"))
+    parser.add_argument("--metric", default="activation",
+                        help="transferability metric that ranks and weighs sources (--panda-metric; 'activation' "
+                             "here, as every published table was measured with it; the product default is 'neurons')")
     parser.add_argument("--store", default=None, help="stage-1 store (default: a fresh temporary one)")
     parser.add_argument("--resume", action="store_true",
                         help="keep the pairs already in --out (same settings assumed) and run only the rest")
@@ -76,7 +80,7 @@ def run_one(args, work: Path, target: str, sources: str, compare: str, label: st
                           source_max_eval_samples=args.eval, source_epochs=args.source_epochs,
                           source_learning_rate=args.learning_rate, baseline=False,
                           include_target_adapter=True,
-                          method_options={"prompt_length": args.prompt_length,
+                          method_options={"prompt_length": args.prompt_length, "panda_metric": args.metric,
                                           **({"panda_student_init": args.student_init} if "panda" in compare else {})})
     base = TrainerConfig(epochs=args.epochs, batch_size=16, progress=False, save_checkpoints=False)
     run = RunFolder.create("bench-panda", str(work / label), label=label)
@@ -99,7 +103,7 @@ def main() -> None:
     done = {}
     if args.resume and Path(args.out).is_file():
         earlier = json.loads(Path(args.out).read_text())
-        differ = [k for k in SETTINGS if earlier["args"].get(k) != vars(args)[k]]
+        differ = [k for k in SETTINGS if earlier["args"].get(k, LEGACY.get(k)) != vars(args)[k]]
         if differ:
             raise SystemExit(f"--resume: {args.out} was measured with other {', '.join(differ)}; "
                              "pass the same settings or another --out")

@@ -48,8 +48,9 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--store", required=True, help="the stage-1 store those runs used")
     parser.add_argument("--metrics", default=",".join(METRICS))
     parser.add_argument("--probe-size", type=int, default=64)
-    parser.add_argument("--sources", default="",
-                        help="only pairs with these sources (comma-separated), e.g. ones held out from a design")
+    parser.add_argument("--exclude", nargs="+", default=[], metavar="JSON",
+                        help="leave out the (target, source) pairs of these bench_panda.py files, e.g. the pairs "
+                             "a metric was designed on, to check it on the others only")
     parser.add_argument("--out", default="scripts/results/transferability_check.json")
     return parser.parse_args()
 
@@ -78,10 +79,10 @@ def main() -> None:
     settings = [p["args"] for p in parts]
     settings = [s for group in settings for s in (group if isinstance(group, list) else [group])]
     pairs = [r for p in parts for r in p["pairs"]]
-    if args.sources:
-        pairs = [r for r in pairs if r["source"] in args.sources.split(",")]
-        if not pairs:
-            raise SystemExit(f"no pair has a source among --sources {args.sources}")
+    excluded = {(r["target"], r["source"]) for f in args.exclude for r in json.loads(Path(f).read_text())["pairs"]}
+    pairs = [r for r in pairs if (r["target"], r["source"]) not in excluded]
+    if not pairs:
+        raise SystemExit("every pair of --pairs is in --exclude: nothing left to check")
     metrics = [m for m in args.metrics.split(",") if m]
     backbone = load_encoder(settings[0]["backbone"])
     base = TrainerConfig(epochs=settings[0]["epochs"], batch_size=16, progress=False, save_checkpoints=False)
@@ -112,7 +113,7 @@ def main() -> None:
             rows.append({"target": target, "source": row["source"], "gain_transfer": row["gain_transfer"],
                          "gain_panda": row.get("gain_panda"), "recorded_activation": row["transferability"],
                          **{m: scores[m][name] for m in metrics}, "weights": weights[name]})
-    out = {"pairs_files": args.pairs, "store": args.store, "probe_size": args.probe_size, "sources": args.sources,
+    out = {"pairs_files": args.pairs, "store": args.store, "probe_size": args.probe_size, "excluded": args.exclude,
            "rows": rows, "summary": summarise(rows, [*metrics, "weights"])}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))

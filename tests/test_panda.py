@@ -188,15 +188,15 @@ def test_each_method_end_to_end_and_the_teacher_is_reused(tmp_path, tiny_backbon
     assert runs["panda"]["teacher_test"] == runs["prompt-transfer"]["test"]  # the same seed's model, reused
     assert runs["panda"]["transfer_sources"] == runs["prompt-transfer"]["transfer_sources"]
     t = runs["panda"]["mean_transferability"]
-    assert -1.0 <= t <= 1.0 and runs["panda"]["beta"] == pytest.approx(max(0.0, min(1.0, t)))
+    assert runs["panda"]["transferability_metric"] == "neurons"  # the default: firing-rate cosines are >= 0
+    assert 0.0 <= t <= 1.0 and runs["panda"]["beta"] == pytest.approx(min(1.0, t))
     saved = json.loads((run / "model-panda" / "config.json").read_text())
     assert saved["kind"] == "prompt" and saved["prompt"]["length"] == 3
     # --sources auto: the store's prompt entries for this backbone, ranked for the target
     assert main(["transfer", "--sources", "auto", "--method", "prompt-transfer", "--output-dir", str(tmp_path / "auto"),
-                 "--panda-metric", "neurons", *common]) == 0
+                 "--panda-metric", "activation", *common]) == 0
     auto = json.loads((tmp_path / "auto" / "metrics.json").read_text())["runs"][0]
-    assert auto["transfer_sources"][0] in ("src_a", "src_b") and auto["transferability_metric"] == "neurons"
-    assert 0.0 <= auto["mean_transferability"] <= 1.0  # firing-rate cosines are never negative
+    assert auto["transfer_sources"][0] in ("src_a", "src_b") and auto["transferability_metric"] == "activation"
     # the matrix command reuses the stored prompts
     matrix_run = tmp_path / "matrix"
     assert main(["transferability", "--tasks", sources, "--backbone", str(tiny_backbone_dir), "--store",
