@@ -1,6 +1,6 @@
 """Prompt transferability: which trained source prompt helps a target, and by how much to distil.
 
-**Task embedding.** For a task τ with trained prompt π_τ, run the frozen backbone on a fixed probe
+**Task embedding (``metric="activation"``).** For a task τ with trained prompt π_τ, run the frozen backbone on a fixed probe
 set X (token rows) with and without the prompt, mean-pool each layer's states over the real tokens
 of every probe row, and take the shift the prompt causes:
 
@@ -17,7 +17,7 @@ not on the probe text. It works alike for prompt tuning and deep prefixes (a pro
 in a space the model reads, prefixes in per-layer key/value spaces — their weights cannot be
 compared across modes, their effects can).
 
-**Neuron stimulation (``metric="neurons"`` / ``"neurons-shift"``).** The paper family's other reading
+**Neuron stimulation (``metric="neurons"`` / ``"neurons-shift"``).** A second reading
 of "the frozen model's activations under each prompt": how often each feed-forward neuron fires. For
 every layer l, u_l is the input of the FFN's output projection (the post-activation intermediate,
 ``intermediate`` wide; for gated MLPs the gated product) and a neuron fires where u_l > 0. Its rate is
@@ -29,7 +29,7 @@ the model), or over the real tokens for deep prefixes, which add no positions:
     e(τ)   = concat_l  Δ_l / ||Δ_l||,  Δ_l = r_l(τ) - r_l(π_0)            ("neurons-shift": T ∈ [-1, 1])
 
 The first is the overlap of firing patterns itself (rates are never negative, so T ≥ 0 and β is never
-clipped to 0); the second removes what every prompt of this shape stimulates alike, as the default does.
+clipped to 0); the second removes what every prompt of this shape stimulates alike, as ``activation`` does.
 The rows of ``METRICS`` name the three; ``--panda-metric`` and ``plmkit transferability --metric`` pick one.
 The default is ``neurons`` (``DEFAULT_METRIC``): on 32 measured pairs it was the one whose top-ranked source
 was most often the best; ``activation``, the first default, ranked sources against their gains (docs/panda.md).
