@@ -12,8 +12,9 @@ first ``--probe-size`` training rows), and reports:
   off (so one target's generally larger gains do not count as ranking skill);
 * how often the top-ranked source has the best gain, and the mean gain of the top-ranked source.
 
-Nothing is trained: a stored prompt that is missing (other settings than the benchmark's) stops the
-script with the key it looked for. The settings flags must be the benchmark run's.
+Nothing is trained: a stored prompt that is missing (another store, or other settings than the
+benchmark's) stops the script with one line. The settings come from the pairs files, which must agree on
+them (``bench_panda.SETTINGS``) and hold each pair once.
 
     .venv/bin/python scripts/bench_transferability.py --pairs scripts/results/panda_cpu_1000x3_all.json \\
         --store /path/to/the/benchmark/store --out scripts/results/transferability_check_1000x3.json
@@ -25,9 +26,10 @@ import argparse
 import json
 import statistics
 import tempfile
+from collections import Counter
 from pathlib import Path
 
-from bench_panda import TASKS
+from bench_panda import LEGACY, SETTINGS, TASKS
 from scipy.stats import spearmanr
 
 import plmkit.mtl.pipeline as pipeline
@@ -60,7 +62,8 @@ def _no_training(*_args, **_kwargs):
                      "and the pairs JSON of the same bench_panda.py run")
 
 
-def _setup(settings: dict, store: str, target: str, sources: list[str], metric: str) -> TransferSetup:
+def _setup(settings: dict, store: str, target: str, sources: list[str], metric: str, probe_size: int
+           ) -> TransferSetup:
     """The TransferSetup ``bench_panda.run_one`` builds for this target (its store keys and data)."""
     return TransferSetup(sources=",".join(TASKS[s] for s in sources), target=TASKS[target], method="panda",
                          backbone=settings["backbone"], store=store, learning_rate=settings["learning_rate"],
@@ -69,7 +72,8 @@ def _setup(settings: dict, store: str, target: str, sources: list[str], metric: 
                          source_max_eval_samples=settings["eval"], source_epochs=settings["source_epochs"],
                          source_learning_rate=settings["learning_rate"], baseline=False,
                          include_target_adapter=True,
-                         method_options={"prompt_length": settings["prompt_length"], "panda_metric": metric})
+                         method_options={"prompt_length": settings["prompt_length"], "panda_metric": metric,
+                                         "panda_probe_size": probe_size})
 
 
 def main() -> None:
@@ -78,12 +82,25 @@ def main() -> None:
     parts = [json.loads(Path(f).read_text()) for f in args.pairs]
     settings = [p["args"] for p in parts]
     settings = [s for group in settings for s in (group if isinstance(group, list) else [group])]
+    differ = sorted({k for s in settings for k in SETTINGS
+                     if s.get(k, LEGACY.get(k)) != settings[0].get(k, LEGACY.get(k))})
+    if differ:
+        raise SystemExit(f"the --pairs files were measured with different {', '.join(differ)}: "
+                         "check the pairs of one setting at a time")
+    recorded = settings[0].get("metric", LEGACY["metric"])  # the metric whose T the benchmark recorded
     pairs = [r for p in parts for r in p["pairs"]]
+    twice = [pair for pair, n in Counter((r["target"], r["source"]) for r in pairs).items() if n > 1]
+    if twice:
+        raise SystemExit(f"the pair {twice[0][0]} <- {twice[0][1]} is in --pairs more than once: "
+                         "pass each measured pair once")
     excluded = {(r["target"], r["source"]) for f in args.exclude for r in json.loads(Path(f).read_text())["pairs"]}
     pairs = [r for r in pairs if (r["target"], r["source"]) not in excluded]
     if not pairs:
         raise SystemExit("every pair of --pairs is in --exclude: nothing left to check")
     metrics = [m for m in args.metrics.split(",") if m]
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise SystemExit(f"--metrics: unknown {', '.join(unknown)}; the metrics are {', '.join(METRICS)}")
     backbone = load_encoder(settings[0]["backbone"])
     base = TrainerConfig(epochs=settings[0]["epochs"], batch_size=16, progress=False, save_checkpoints=False)
     run = RunFolder.create("transferability-check", tempfile.mkdtemp(prefix="bench-transferability-"))
@@ -92,7 +109,7 @@ def main() -> None:
     for target in dict.fromkeys(r["target"] for r in pairs):
         mine = [r for r in pairs if r["target"] == target]
         sources = [r["source"] for r in mine]
-        setup = _setup(settings[0], args.store, target, sources, metrics[0])
+        setup = _setup(settings[0], args.store, target, sources, metrics[0], args.probe_size)
         refs = [prepare_source(backbone, TASKS[s], setup, base, store, run, KIND)[0] for s in sources]
         refs.append(prepare_source(backbone, setup.target, setup, base, store, run, KIND, is_target=True)[0])
         task = setup.load(setup.target, max_train_samples=settings[0]["train"],
@@ -100,10 +117,8 @@ def main() -> None:
         data = TaskData(task, backbone.tokenizer, settings[0]["max_length"], model_config=backbone.config)
         scores = {}
         for metric in metrics:
-            setup = _setup(settings[0], args.store, target, sources, metric)
-            config = setup.method_config("panda")
-            config.probe_size = args.probe_size
-            ranked = rank_sources(refs, backbone, data, setup, config)
+            setup = _setup(settings[0], args.store, target, sources, metric, args.probe_size)
+            ranked = rank_sources(refs, backbone, data, setup, setup.method_config("panda"))
             scores[metric] = {r.name: r.transferability for r in ranked}
         own = read_prompts(refs[-1].path, backbone.model, target)[1]
         weights = {ref.name: prompt_weight_similarity(own, read_prompts(ref.path, backbone.model, ref.name)[1])
@@ -111,9 +126,10 @@ def main() -> None:
         names = [ref.name for ref in refs[:-1]]
         for row, name in zip(mine, names, strict=True):
             rows.append({"target": target, "source": row["source"], "gain_transfer": row["gain_transfer"],
-                         "gain_panda": row.get("gain_panda"), "recorded_activation": row["transferability"],
+                         "gain_panda": row.get("gain_panda"), "recorded_T": row["transferability"],
                          **{m: scores[m][name] for m in metrics}, "weights": weights[name]})
     out = {"pairs_files": args.pairs, "store": args.store, "probe_size": args.probe_size, "excluded": args.exclude,
+           "recorded_metric": recorded,
            "rows": rows, "summary": summarise(rows, [*metrics, "weights"])}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))
@@ -161,9 +177,10 @@ def report(out: dict, metrics: list[str]) -> None:
               f"(p {s['p_pooled']:.2f}) | {s['top_ranked_is_best']}/{len(targets)} | "
               f"{100 * s['top_ranked_mean_gain']:+.2f} |")
     print(f"\nthe best source per target (oracle) gains {100 * summary['oracle_mean_gain']:+.2f} on average")
-    drift = max(abs(r["activation"] - r["recorded_activation"]) for r in rows) if "activation" in metrics else None
-    if drift is not None:
-        print(f"activation T recomputed vs recorded by the benchmark: max |difference| {drift:.2e}")
+    recorded = out["recorded_metric"]
+    if recorded in metrics:
+        drift = max(abs(r[recorded] - r["recorded_T"]) for r in rows)
+        print(f"{recorded} T recomputed vs recorded by the benchmark: max |difference| {drift:.2e}")
 
 
 if __name__ == "__main__":
