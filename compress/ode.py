@@ -26,6 +26,12 @@ shared field F stays one field; the gains let each few-step solve rescale its la
 unit, (sum of the trained counts) x hidden parameters in all. Step counts that were not trained, and the
 adaptive solver, use g = 1.
 
+Step-conditioned norms (``step_norms``, off by default): the input-side counterpart, as time
+conditioning in diffusion models' shared networks. Every step j of every trained count n modulates the
+block's two pre-norms, N(x) -> a_{n,j} ⊙ N(x) + c_{n,j} (a = 1, c = 0 at the start: the plain solve), so
+each few-step solve can re-scale what the shared field sees at its own step size; 4 x (sum of the trained
+counts) x hidden parameters. Other counts and the adaptive solver use a = 1, c = 0.
+
 Step-robust training: in training mode the encoder draws the step count of each forward from
 ``train_steps`` with a generator seeded by (seed, counter), where seed and counter are persistent
 buffers: every rank draws the same counts (ZeRO-3 needs the same module calls on every rank) and a
@@ -124,6 +130,9 @@ class ODEConfig:
     step_gains: bool = False
     """Learn a gain vector g_{n,j} per step j of every trained step count n: h <- h + g_{n,j} * (step(h) - h),
     g = 1 at the start (the plain solve); other counts and the adaptive solver keep g = 1."""
+    step_norms: bool = False
+    """Learn a scale and shift per step j of every trained step count n for the block's two pre-norms:
+    N(x) -> a_{n,j} * N(x) + c_{n,j}, a = 1 and c = 0 at the start; other counts and the adaptive solver keep them."""
     extra: dict = field(default_factory=dict)
     """Sizes recorded when the model is built (hidden size, heads, ...); not a flag."""
 
@@ -194,10 +203,17 @@ class SharedBlock(nn.Module):
         # (batch, heads, seq, head_dim) -> (batch, seq, hidden)
         return self.out(context.transpose(1, 2).reshape(batch, seq, hidden))
 
-    def forward(self, h: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """F(h), not h + F(h)."""
-        u = self.dropout(self.attention(self.attn_norm(h), mask))
-        return u + self.dropout(self.ffn_out(ACTIVATIONS[self.activation](self.ffn_in(self.ffn_norm(h + u)))))
+    def forward(self, h: torch.Tensor, mask: torch.Tensor | None = None,
+                modulation: torch.Tensor | None = None) -> torch.Tensor:
+        """F(h), not h + F(h); ``modulation`` (4, hidden): scale and shift after N_a, then after N_f."""
+        attn_in = self.attn_norm(h)
+        if modulation is not None:
+            attn_in = modulation[0] * attn_in + modulation[1]
+        u = self.dropout(self.attention(attn_in, mask))
+        ffn_in = self.ffn_norm(h + u)
+        if modulation is not None:
+            ffn_in = modulation[2] * ffn_in + modulation[3]
+        return u + self.dropout(self.ffn_out(ACTIVATIONS[self.activation](self.ffn_in(ffn_in))))
 
 
 class StepSchedule(nn.Module):
@@ -244,6 +260,11 @@ class ODEEncoder(nn.Module):
         self.step_gains = nn.ParameterDict({str(n): nn.Parameter(torch.ones(n, hidden))
                                             for n in sorted(set(self.schedule.choices), reverse=True)}
                                            ) if config.step_gains else None
+        # (a_attn, c_attn, a_ffn, c_ffn) per step: (n, 4, hidden) per trained count n, identity at the start
+        identity = torch.tensor([1.0, 0.0, 1.0, 0.0])[:, None].expand(4, hidden)
+        self.step_norms = nn.ParameterDict({str(n): nn.Parameter(identity.repeat(n, 1, 1))
+                                            for n in sorted(set(self.schedule.choices), reverse=True)}
+                                           ) if config.step_norms else None
 
     def set_steps(self, steps: int | None = None, solver: str | None = None) -> None:
         """Inference setting: ``steps`` (any count >= 1) with ``solver``."""
@@ -256,8 +277,8 @@ class ODEEncoder(nn.Module):
 
         ``states``, when given, receives h(t) at every integer time t > 0 that a fixed step ends on.
         """
-        def field(block: nn.Module):
-            return lambda x: block(x, mask)
+        def field(block: nn.Module, modulation: torch.Tensor | None = None):
+            return lambda x: block(x, mask, modulation)
 
         if solver == "adaptive":
             length, self.last_evals = self.config.depth / len(self.blocks), 0
@@ -268,8 +289,11 @@ class ODEEncoder(nn.Module):
         size, step = self.config.depth / steps, STEPPERS[solver]
         gains = self.step_gains[str(steps)] if self.step_gains is not None and str(steps) in self.step_gains \
             else None  # (steps, hidden)
+        norms = self.step_norms[str(steps)] if self.step_norms is not None and str(steps) in self.step_norms \
+            else None  # (steps, 4, hidden)
         for j in range(steps):
-            stepped = step(field(self.blocks[block_of_step(j, steps, len(self.blocks))]), h, size)
+            block = self.blocks[block_of_step(j, steps, len(self.blocks))]
+            stepped = step(field(block, None if norms is None else norms[j]), h, size)
             h = stepped if gains is None else h + gains[j] * (stepped - h)
             if states is not None and (j + 1) * self.config.depth % steps == 0:
                 states[(j + 1) * self.config.depth // steps] = h

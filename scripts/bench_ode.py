@@ -139,7 +139,8 @@ def run_task(task: str, args: argparse.Namespace, folder: Path) -> dict:
                             progress=False, seed=args.seed)
     started = time.perf_counter()
     config = ODEConfig(train_steps=args.train_steps, init=args.init, init_layer=args.init_layer,
-                       num_blocks=args.num_blocks, step_gains=args.step_gains)
+                       num_blocks=args.num_blocks, step_gains=args.step_gains,
+                       step_norms=args.step_norms)
     metrics = ode_compress(setup, config, trainer, run)
     rows = metrics["table"]
     depth = metrics["ode_config"]["depth"]
@@ -269,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-steps", default="auto")
     parser.add_argument("--step-gains", action="store_true",
                         help="learned gain vector per step of every trained step count (ODEConfig.step_gains)")
+    parser.add_argument("--step-norms", action="store_true",
+                        help="learned scale and shift of the block's pre-norms per step of every trained step count "
+                             "(ODEConfig.step_norms)")
     parser.add_argument("--eval-steps", default="6,3,2")
     parser.add_argument("--latency-batch", type=int, default=32)
     parser.add_argument("--latency-tokens", type=int, default=64)

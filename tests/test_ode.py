@@ -11,6 +11,7 @@ import torch
 from torch.nn import functional as F
 
 from plmkit.compress.ode import (
+    ACTIVATIONS,
     ODEClassifier,
     ODEConfig,
     ODEEncoder,
@@ -396,6 +397,41 @@ def test_step_gains_scale_each_step_of_their_count_and_train_only_when_drawn(mak
     from plmkit.trainer import _no_decay
 
     assert all(_no_decay(n, p) for n, p in model.named_parameters() if "step_gains" in n)  # centred on 1, not 0
+    save_ode_model(tmp_path / "m", model, make_encoder("bert").tokenizer)
+    loaded = load_ode_model(tmp_path / "m", steps=2)
+    with torch.no_grad():
+        assert torch.allclose(loaded.model(ids, mask), model.set_steps(2)(ids, mask), atol=1e-6)
+
+
+def test_step_norms_modulate_each_steps_pre_norms_and_train_only_when_drawn(make_encoder, tmp_path):
+    model = _classifier(make_encoder, depth=4, train_steps="4,2", step_norms=True).eval()
+    encoder = model.encoder
+    assert {k: tuple(v.shape) for k, v in encoder.step_norms.items()} == {"4": (4, 4, 32), "2": (2, 4, 32)}
+    ids, mask = _batch()
+    plain = _classifier(make_encoder, depth=4, train_steps="4,2").eval()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if "step_norms" not in k})
+    with torch.no_grad():  # a = 1, c = 0 at the start: the plain solve
+        assert torch.equal(model.set_steps(2)(ids, mask), plain.set_steps(2)(ids, mask))
+        for norms in encoder.step_norms.values():
+            norms.copy_(torch.randn_like(norms))
+        block, attn_mask = encoder.blocks[0], mask.bool()[:, None, None, :]
+        h = encoder.embeddings(input_ids=ids)
+        for j in range(2):  # h <- h + s F_j(h), s = 2, with F's two pre-norms re-scaled and shifted by step j's (a, c)
+            a_attn, c_attn, a_ffn, c_ffn = encoder.step_norms["2"][j]
+            q, k, v = (proj(a_attn * block.attn_norm(h) + c_attn).view(3, -1, block.heads, 32 // block.heads).transpose(1, 2)
+                       for proj in (block.query, block.key, block.value))
+            u = block.out(F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask).transpose(1, 2).reshape(h.shape))
+            m = block.ffn_out(ACTIVATIONS[block.activation](block.ffn_in(a_ffn * block.ffn_norm(h + u) + c_ffn)))
+            h = h + 2.0 * (u + m)
+        assert torch.allclose(model.set_steps(2)(ids, mask), model.head(encoder.final_norm(h), mask), atol=1e-5)
+        # a count that was not trained (1) keeps the plain norms
+        assert torch.equal(model.set_steps(1)(ids, mask), plain.set_steps(1)(ids, mask))
+    model.set_steps(4).zero_grad()
+    model(ids, mask).sum().backward()
+    assert encoder.step_norms["4"].grad.abs().sum() > 0 and encoder.step_norms["2"].grad is None
+    from plmkit.trainer import _no_decay
+
+    assert all(_no_decay(n, p) for n, p in model.named_parameters() if "step_norms" in n)  # scales centred on 1
     save_ode_model(tmp_path / "m", model, make_encoder("bert").tokenizer)
     loaded = load_ode_model(tmp_path / "m", steps=2)
     with torch.no_grad():
