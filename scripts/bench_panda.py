@@ -6,7 +6,7 @@ prompts come from (or go into) one store, so each task's prompt is trained once.
 first ``--panda-sources`` of them also ``panda`` (its teacher is the same seed's prompt-transfer
 model). Seeds give mean ± std. The metric check is the Spearman correlation, per target, between
 T(s, t) and the vanilla transfer gain over no transfer (mean over seeds) over every source of the
-pool, for the activation metric and for the prompt-weight cosine.
+pool, for the transferability metric of the run (``--metric``) and for the prompt-weight cosine.
 
     .venv/bin/python scripts/bench_panda.py            # CPU subsample (see the flags' defaults)
 
@@ -135,7 +135,7 @@ def main() -> None:
                                                       "gain_panda")}), flush=True)
             _write(args, {"args": vars(args), "pairs": pairs + rows, "metric_validation": validation,
                           "partial": True, "wall_time_s": time.perf_counter() - started})
-        validation.append(_spearman(target, rows))
+        validation.append(_spearman(target, rows, args.metric))
         pairs.extend(rows)
     out = {"args": vars(args), "pairs": pairs, "metric_validation": validation,
            "wall_time_s": time.perf_counter() - started}
@@ -147,8 +147,14 @@ def _report(args: argparse.Namespace) -> None:
     parts = [json.loads(Path(f).read_text()) for f in args.report]
     pairs = [r for p in parts for r in p["pairs"]]
     targets = list(dict.fromkeys(r["target"] for r in pairs))  # every target's check over all its sources
-    out = {"args": [p["args"] for p in parts], "pairs": pairs,
-           "metric_validation": [_spearman(t, [r for r in pairs if r["target"] == t]) for t in targets],
+    runs = [a for p in parts for a in (p["args"] if isinstance(p["args"], list) else [p["args"]])]  # merged files
+    metrics = {a.get("metric", LEGACY["metric"]) for a in runs}
+    if len(metrics) > 1:
+        raise SystemExit(f"--report: the files were measured with different transferability metrics "
+                         f"({', '.join(sorted(metrics))}); one Spearman column needs one metric: merge them apart")
+    metric = metrics.pop()
+    out = {"args": runs, "pairs": pairs,
+           "metric_validation": [_spearman(t, [r for r in pairs if r["target"] == t], metric) for t in targets],
            "partial": any(p.get("partial") for p in parts), "wall_time_s": sum(p["wall_time_s"] for p in parts)}
     _write(args, out)
     _print(out)
@@ -184,12 +190,13 @@ def _weight_similarity(work: Path, target: str, source: str) -> float:
     return prompt_weight_similarity(a, b)
 
 
-def _spearman(target: str, rows: list[dict]) -> dict:
+def _spearman(target: str, rows: list[dict], metric: str) -> dict:
+    """Spearman(T, vanilla gain) for the run's transferability ``metric``, and for the prompt-weight cosine."""
     gains = [r["gain_transfer"] for r in rows]
-    activation = spearmanr([r["transferability"] for r in rows], gains)
+    by_metric = spearmanr([r["transferability"] for r in rows], gains)
     weights = spearmanr([r["weight_similarity"] for r in rows], gains)
-    return {"target": target, "sources": len(rows), "spearman_activation": float(activation.statistic),
-            "p_activation": float(activation.pvalue), "spearman_weights": float(weights.statistic),
+    return {"target": target, "sources": len(rows), "metric": metric, "spearman_T": float(by_metric.statistic),
+            "p_T": float(by_metric.pvalue), "spearman_weights": float(weights.statistic),
             "p_weights": float(weights.pvalue)}
 
 
@@ -211,9 +218,13 @@ def _print(out: dict) -> None:
         print(f"\nover the {len(pairs)} PANDA pairs, mean gain over no transfer: prompt transfer {100 * transfer:+.2f}, "
               f"PANDA {100 * panda:+.2f} points (PANDA − prompt transfer {100 * (panda - transfer):+.2f}); "
               f"PANDA >= no transfer on {sum(r['gain_panda'] >= 0 for r in pairs)}/{len(pairs)} pairs")
-    print("\n| target | sources | Spearman(T, gain) activation (p) | Spearman weight cosine (p) |\n|---|---|---|---|")
-    for v in out["metric_validation"]:
-        print(f"| {v['target']} | {v.get('sources', '')} | {v['spearman_activation']:.2f} ({v.get('p_activation', float('nan')):.2f}) "
+    # files written before the metric was a setting hold the activation metric's figures as spearman_activation
+    rows = [(v.get("metric", LEGACY["metric"]), v.get("spearman_T", v.get("spearman_activation")),
+             v.get("p_T", v.get("p_activation", float("nan"))), v) for v in out["metric_validation"]]
+    name = rows[0][0] if rows else LEGACY["metric"]
+    print(f"\n| target | sources | Spearman(T, gain) {name} (p) | Spearman weight cosine (p) |\n|---|---|---|---|")
+    for _, rho, p, v in rows:
+        print(f"| {v['target']} | {v.get('sources', '')} | {rho:.2f} ({p:.2f}) "
               f"| {v['spearman_weights']:.2f} ({v.get('p_weights', float('nan')):.2f}) |")
     print(f"\nwall time {out['wall_time_s']:.0f} s")
 
