@@ -105,6 +105,19 @@ def file_lock(path: str | Path, on_wait: Callable[[], None] | None = None) -> It
         yield
 
 
+def _being_written(path: Path) -> bool:
+    """True while ``atomic_directory`` is writing or swapping ``path``: a sibling ``.<name>.*.tmp|.old`` exists.
+
+    Looked at after the folder was found absent; if the swap completed meanwhile, the folder is back.
+    """
+    prefix = f".{path.name}."
+    try:
+        busy = any(p.name.startswith(prefix) and p.name.endswith((".tmp", ".old")) for p in path.parent.iterdir())
+    except OSError:  # no parent folder: nothing is being written there
+        busy = False
+    return busy or path.exists()
+
+
 def _identity(path: Path) -> tuple[int, int] | None:
     """(device, inode) of the folder now at ``path``, or None while nothing is there."""
     try:
@@ -123,18 +136,20 @@ def read_whole(path: str | Path, load: Callable[[Path], T], attempts: int = 7) -
     identity (device, inode) is taken before and after ``load``: if it changed, or nothing was there,
     the read is repeated after a short wait (2, 4, 8 ... ms, ``attempts`` reads in all). An error
     raised while the same folder stayed in place is a real one and propagates at once; so does the
-    last attempt's error.
+    last attempt's error. A folder that is absent while no write of it is under way (no staging or
+    moved-away sibling of ``atomic_directory``) is simply absent: no waiting, the loader's answer stands.
     """
     path = Path(path)
     for attempt in range(attempts):
         before = _identity(path)
+        settled = before is None and not _being_written(path)  # absent, and nobody is putting it there
         try:
             result = load(path)
         except Exception:
-            if attempt + 1 == attempts or (before is not None and _identity(path) == before):
+            if attempt + 1 == attempts or settled or (before is not None and _identity(path) == before):
                 raise
         else:
-            if before is not None and _identity(path) == before:
+            if settled or (before is not None and _identity(path) == before):
                 return result
             if attempt + 1 == attempts:
                 raise RuntimeError(f"{path} was replaced during each of {attempts} reads; "

@@ -84,9 +84,29 @@ def test_a_folder_rewritten_during_every_read_is_a_clear_error(tmp_path):
         read_whole(folder, load, attempts=3)
 
 
-def test_store_read_is_none_for_a_missing_key_and_loads_a_present_one(tmp_path):
+def test_an_absent_folder_that_nobody_writes_is_not_waited_for(tmp_path, monkeypatch):
+    import plmkit.io
+
+    waits = []
+    monkeypatch.setattr(plmkit.io.time, "sleep", waits.append)
+    with pytest.raises(FileNotFoundError):
+        read_whole(tmp_path / "entry", _read_pair)
+    assert waits == []  # one read, no back-off
+    staging = tmp_path / ".entry.x1.tmp"  # a writer's staging folder: the entry may appear any moment
+    staging.mkdir()
+    with pytest.raises(FileNotFoundError):
+        read_whole(tmp_path / "entry", _read_pair, attempts=3)
+    assert len(waits) == 2
+
+
+def test_store_read_is_none_for_a_missing_key_and_loads_a_present_one(tmp_path, monkeypatch):
+    import plmkit.io
+
+    waits = []
+    monkeypatch.setattr(plmkit.io.time, "sleep", waits.append)
     store = AdapterStore(tmp_path / "store")
     assert store.read("b/adapter/t/k", _read_pair) is None
+    assert waits == []  # a missing key answers at once
     source = tmp_path / "module"
     _write(source, 7)
     store.put("b/adapter/t/k", source)
