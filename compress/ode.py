@@ -293,7 +293,10 @@ class ODEEncoder(nn.Module):
             else None  # (steps, 4, hidden)
         for j in range(steps):
             block = self.blocks[block_of_step(j, steps, len(self.blocks))]
-            stepped = step(field(block, None if norms is None else norms[j]), h, size)
+            # a view of a parameter taken under no_grad still requires grad but has no grad_fn, which module
+            # hooks that track autograd (FLOP counting) cannot take: hand them a detached one there
+            modulation = None if norms is None else norms[j] if torch.is_grad_enabled() else norms[j].detach()
+            stepped = step(field(block, modulation), h, size)
             h = stepped if gains is None else h + gains[j] * (stepped - h)
             if states is not None and (j + 1) * self.config.depth % steps == 0:
                 states[(j + 1) * self.config.depth // steps] = h
