@@ -162,9 +162,13 @@ def _paired_table(comparisons: list[dict], title: str) -> str:
         title=title)
 
 
+_DEFAULTS: dict = {}  # the flags' defaults (set by main): a setting a file predates was run at its default
+
+
 def _settings(result: dict) -> dict:
     """What a run was measured with, less what may differ between seeds of one setting."""
-    return {k: v for k, v in result["settings"].items() if k not in ("seed", "out", "tasks", "pool", "versus")}
+    settings = {**_DEFAULTS, **result["settings"]}
+    return {k: v for k, v in settings.items() if k not in ("seed", "out", "tasks", "pool", "versus")}
 
 
 def _differ(a: dict, b: dict) -> list[str]:
@@ -287,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --pool: the seeds of another setting, in the same seed order; prints every "
                              "row of --pool minus the same row here, per example")
     args = parser.parse_args(argv)
+    _DEFAULTS.update(vars(parser.parse_args([])))
 
     sys.path.insert(0, str(ROOT))
     if args.versus and not args.pool:
