@@ -256,15 +256,21 @@ class ODEEncoder(nn.Module):
         self.final_norm = nn.LayerNorm(hidden, eps=eps)
         self.schedule = StepSchedule(parse_steps(config.train_steps, config.depth, weighted=True))
         self.steps, self.solver, self.last_evals = config.steps or config.depth, config.solver, 0
-        # g_{n,j}: (n, hidden) per trained count n, ones = the plain solve; keys are the counts as text
-        self.step_gains = nn.ParameterDict({str(n): nn.Parameter(torch.ones(n, hidden))
-                                            for n in sorted(set(self.schedule.choices), reverse=True)}
-                                           ) if config.step_gains else None
+        # g_{n,j}: (n, hidden) per trained count n, ones = the plain solve
+        self.step_gains = self._per_count(torch.ones(hidden)) if config.step_gains else None
         # (a_attn, c_attn, a_ffn, c_ffn) per step: (n, 4, hidden) per trained count n, identity at the start
-        identity = torch.tensor([1.0, 0.0, 1.0, 0.0])[:, None].expand(4, hidden)
-        self.step_norms = nn.ParameterDict({str(n): nn.Parameter(identity.repeat(n, 1, 1))
-                                            for n in sorted(set(self.schedule.choices), reverse=True)}
-                                           ) if config.step_norms else None
+        self.step_norms = self._per_count(torch.tensor([1.0, 0.0, 1.0, 0.0])[:, None].expand(4, hidden)) \
+            if config.step_norms else None
+
+    def _per_count(self, start: torch.Tensor) -> nn.ParameterDict:
+        """One parameter (n, *start.shape) per trained step count n, every step at ``start``; keys are the counts as text."""
+        return nn.ParameterDict({str(n): nn.Parameter(start.repeat(n, *(1,) * start.dim()))
+                                 for n in sorted(set(self.schedule.choices), reverse=True)})
+
+    @staticmethod
+    def _for_count(table: nn.ParameterDict | None, steps: int) -> torch.Tensor | None:
+        """This step count's per-step parameters, or None (off, or a count that was not trained)."""
+        return table[str(steps)] if table is not None and str(steps) in table else None
 
     def set_steps(self, steps: int | None = None, solver: str | None = None) -> None:
         """Inference setting: ``steps`` (any count >= 1) with ``solver``."""
@@ -287,10 +293,8 @@ class ODEEncoder(nn.Module):
                 self.last_evals += evals
             return h
         size, step = self.config.depth / steps, STEPPERS[solver]
-        gains = self.step_gains[str(steps)] if self.step_gains is not None and str(steps) in self.step_gains \
-            else None  # (steps, hidden)
-        norms = self.step_norms[str(steps)] if self.step_norms is not None and str(steps) in self.step_norms \
-            else None  # (steps, 4, hidden)
+        gains, norms = self._for_count(self.step_gains, steps), self._for_count(self.step_norms, steps)
+        # gains: (steps, hidden); norms: (steps, 4, hidden)
         for j in range(steps):
             block = self.blocks[block_of_step(j, steps, len(self.blocks))]
             # a view of a parameter taken under no_grad still requires grad but has no grad_fn, which module

@@ -432,9 +432,8 @@ def test_step_norms_modulate_each_steps_pre_norms_and_train_only_when_drawn(make
     from plmkit.trainer import _no_decay
 
     assert all(_no_decay(n, p) for n, p in model.named_parameters() if "step_norms" in n)  # scales centred on 1
-    from plmkit.flops import (
-        count_flops,  # the job counts FLOPs of every row (module hooks see the modulation)
-    )
+    # the job counts FLOPs of every row (module hooks see the modulation)
+    from plmkit.flops import count_flops
 
     assert count_flops(model.set_steps(2), ids, mask) == count_flops(plain.set_steps(2), ids, mask)
     save_ode_model(tmp_path / "m", model, make_encoder("bert").tokenizer)
