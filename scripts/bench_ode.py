@@ -162,12 +162,12 @@ def _paired_table(comparisons: list[dict], title: str) -> str:
         title=title)
 
 
-_DEFAULTS: dict = {}  # the flags' defaults (set by main): a setting a file predates was run at its default
-
-
 def _settings(result: dict) -> dict:
-    """What a run was measured with, less what may differ between seeds of one setting."""
-    settings = {**_DEFAULTS, **result["settings"]}
+    """What a run was measured with, less what may differ between seeds of one setting.
+
+    A setting that a result file predates was run at its flag's default.
+    """
+    settings = {**vars(_parser().parse_args([])), **result["settings"]}
     return {k: v for k, v in settings.items() if k not in ("seed", "out", "tasks", "pool", "versus")}
 
 
@@ -249,7 +249,7 @@ def pool(files: list[str], out: str) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="minilm-l6")
     parser.add_argument("--tasks", nargs="+", default=list(TASKS))
@@ -290,8 +290,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--versus", nargs="+", metavar="RESULT",
                         help="with --pool: the seeds of another setting, in the same seed order; prints every "
                              "row of --pool minus the same row here, per example")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
-    _DEFAULTS.update(vars(parser.parse_args([])))
 
     sys.path.insert(0, str(ROOT))
     if args.versus and not args.pool:
