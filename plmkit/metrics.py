@@ -110,6 +110,35 @@ def paired_bootstrap(a: Any, b: Any, *, rounds: int = 10_000, level: float = 0.9
             "p_not_ahead": float((means <= 0).mean()), "examples": n, "runs": 1 if x.ndim == 1 else x.shape[0]}
 
 
+def rank_reliability(scores: Any) -> dict[str, float]:
+    """How reproducible the ranking of some items is over repeated measurements (e.g. seeds).
+
+    ``scores`` has shape (repeats k, items m): say the transfer gain of every source (item) under every seed
+    (repeat). ``agreement`` r₁ is the mean over the k(k−1)/2 pairs of repeats of the Spearman correlation
+    of their score vectors: how well one measurement's ranking predicts another's. The mean of the k
+    repeats is more reliable; the Spearman–Brown formula gives its reliability
+
+        r_k = k r₁ / (1 + (k − 1) r₁)     (taken as 0 when r₁ ≤ 0)
+
+    and ``ceiling`` = √r_k is the correlation that even a perfect predictor of the items' true order can
+    be expected to reach with the k-repeat mean (correction for attenuation): a predictor judged against
+    that mean by a threshold above the ceiling is being asked for more than the measurement holds.
+    A constant repeat (no order) counts as correlation 0 with every other.
+    """
+    x = np.asarray(scores, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] < 2 or x.shape[1] < 3:
+        raise ConfigError(f"expected scores of shape (repeats >= 2, items >= 3), got {x.shape}: "
+                          "rank agreement needs two measurements of at least three items")
+    if not np.isfinite(x).all():
+        raise ConfigError("scores contain NaN or infinity; drop the items or repeats that were not measured")
+    ranks = [rankdata(row) for row in x]  # ties share their mean rank
+    k = len(ranks)
+    agreement = float(np.mean([_pearson(ranks[a], ranks[b]) for a in range(k) for b in range(a + 1, k)]))
+    reliability = k * agreement / (1 + (k - 1) * agreement) if agreement > 0 else 0.0
+    return {"agreement": agreement, "reliability": float(reliability), "ceiling": float(np.sqrt(reliability)),
+            "repeats": k, "items": int(x.shape[1])}
+
+
 def default_metric(is_regression: bool, num_labels: int | None = None) -> str:
     """Primary metric for a task; ``num_labels == 1`` also means regression (the Hugging Face convention)."""
     regression = is_regression or num_labels == 1

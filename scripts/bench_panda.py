@@ -7,6 +7,8 @@ first ``--panda-sources`` of them also ``panda`` (its teacher is the same seed's
 model). Seeds give mean ± std. The metric check is the Spearman correlation, per target, between
 T(s, t) and the vanilla transfer gain over no transfer (mean over seeds) over every source of the
 pool, for the transferability metric of the run (``--metric``) and for the prompt-weight cosine.
+Beside it, how reproducible that gain order is: the mean seed-to-seed Spearman of the sources' gains
+and the ceiling it puts on any metric's correlation with the seed mean (``plmkit.metrics.rank_reliability``).
 
     .venv/bin/python scripts/bench_panda.py            # CPU subsample (see the flags' defaults)
 
@@ -25,6 +27,7 @@ from pathlib import Path
 
 from scipy.stats import spearmanr
 
+from plmkit.metrics import rank_reliability
 from plmkit.mtl.pipeline import TransferSetup, run_transfer
 from plmkit.mtl.prompts import read_prompts
 from plmkit.mtl.transferability import prompt_weight_similarity
@@ -195,9 +198,18 @@ def _spearman(target: str, rows: list[dict], metric: str) -> dict:
     gains = [r["gain_transfer"] for r in rows]
     by_metric = spearmanr([r["transferability"] for r in rows], gains)
     weights = spearmanr([r["weight_similarity"] for r in rows], gains)
-    return {"target": target, "sources": len(rows), "metric": metric, "spearman_T": float(by_metric.statistic),
-            "p_T": float(by_metric.pvalue), "spearman_weights": float(weights.statistic),
-            "p_weights": float(weights.pvalue)}
+    out = {"target": target, "sources": len(rows), "metric": metric, "spearman_T": float(by_metric.statistic),
+           "p_T": float(by_metric.pvalue), "spearman_weights": float(weights.statistic),
+           "p_weights": float(weights.pvalue)}
+    seeds = {len(r["prompt_transfer"]) for r in rows}
+    if len(rows) >= 3 and len(seeds) == 1 and seeds.pop() >= 2:
+        # how reproducible the sources' order by gain is over seeds: one seed's transfer scores rank the sources
+        # as its gains do (no transfer is the same for every source of a seed); the ceiling bounds any metric
+        by_seed = [[r["prompt_transfer"][i] for r in rows] for i in range(len(rows[0]["prompt_transfer"]))]
+        reliability = rank_reliability(by_seed)
+        out.update(gain_agreement=reliability["agreement"], gain_reliability=reliability["reliability"],
+                   spearman_ceiling=reliability["ceiling"])
+    return out
 
 
 def _fmt(values: list[float]) -> str:
@@ -222,10 +234,12 @@ def _print(out: dict) -> None:
     rows = [(v.get("metric", LEGACY["metric"]), v.get("spearman_T", v.get("spearman_activation")),
              v.get("p_T", v.get("p_activation", float("nan"))), v) for v in out["metric_validation"]]
     name = rows[0][0] if rows else LEGACY["metric"]
-    print(f"\n| target | sources | Spearman(T, gain) {name} (p) | Spearman weight cosine (p) |\n|---|---|---|---|")
+    print(f"\n| target | sources | Spearman(T, gain) {name} (p) | Spearman weight cosine (p) "
+          "| seed-to-seed Spearman of the gains | ceiling |\n|---|---|---|---|---|---|")
     for _, rho, p, v in rows:
         print(f"| {v['target']} | {v.get('sources', '')} | {rho:.2f} ({p:.2f}) "
-              f"| {v['spearman_weights']:.2f} ({v.get('p_weights', float('nan')):.2f}) |")
+              f"| {v['spearman_weights']:.2f} ({v.get('p_weights', float('nan')):.2f}) "
+              f"| {v.get('gain_agreement', float('nan')):.2f} | {v.get('spearman_ceiling', float('nan')):.2f} |")
     print(f"\nwall time {out['wall_time_s']:.0f} s")
 
 

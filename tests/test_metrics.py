@@ -5,6 +5,7 @@ import warnings
 
 import numpy as np
 import pytest
+from scipy.stats import rankdata
 
 from plmkit.errors import ConfigError
 from plmkit.metrics import (
@@ -15,6 +16,7 @@ from plmkit.metrics import (
     default_metric,
     greater_is_better,
     paired_bootstrap,
+    rank_reliability,
 )
 
 
@@ -126,3 +128,43 @@ def test_paired_bootstrap_refuses_unpaired_or_empty_scores():
         paired_bootstrap(np.ones(0), np.ones(0))
     with pytest.raises(ConfigError, match="rounds"):
         paired_bootstrap(np.ones(3), np.ones(3), rounds=0)
+
+
+def test_rank_reliability_by_hand():
+    # two repeats of three items: ranks (1, 2, 3) and (1, 3, 2) → Spearman 1 − 6·2 / (3·8) = 0.5
+    out = rank_reliability([[0.1, 0.2, 0.3], [5.0, 9.0, 7.0]])
+    assert out["agreement"] == pytest.approx(0.5)
+    assert out["reliability"] == pytest.approx(2 * 0.5 / 1.5)  # Spearman–Brown for k = 2
+    assert out["ceiling"] == pytest.approx(math.sqrt(2 / 3))
+    assert (out["repeats"], out["items"]) == (2, 3)
+    # the same order at another scale and offset in every repeat: fully reproducible
+    same = rank_reliability([[1, 2, 3, 4], [10, 20, 30, 40], [-3, -2, -1, 0]])
+    assert same["agreement"] == pytest.approx(1.0) and same["reliability"] == pytest.approx(1.0)
+    # opposite orders: no reproducible ranking, so no ceiling above 0
+    opposite = rank_reliability([[1, 2, 3, 4], [4, 3, 2, 1]])
+    assert opposite["agreement"] == pytest.approx(-1.0)
+    assert opposite["reliability"] == 0.0 and opposite["ceiling"] == 0.0
+
+
+def test_rank_reliability_ceiling_matches_a_perfect_predictor_in_simulation():
+    # items with true values; every repeat adds noise. A predictor that knows the true values correlates
+    # with the 3-repeat mean at about the ceiling, on average over many draws (an independent check).
+    rng = np.random.default_rng(0)
+    ceilings, reached = [], []
+    for _ in range(400):
+        true = rng.normal(size=30)
+        repeats = true + rng.normal(scale=1.0, size=(3, 30))
+        ceilings.append(rank_reliability(repeats)["ceiling"])
+        mean = repeats.mean(axis=0)
+        reached.append(np.corrcoef(rankdata(true), rankdata(mean))[0, 1])
+    assert np.mean(reached) == pytest.approx(np.mean(ceilings), abs=0.05)
+    assert 0.7 < np.mean(ceilings) < 0.95  # noise of the size of the spread: far from 1, far from 0
+
+
+def test_rank_reliability_rejects_what_it_cannot_rank():
+    with pytest.raises(ConfigError, match="repeats >= 2, items >= 3"):
+        rank_reliability([[1, 2, 3]])
+    with pytest.raises(ConfigError, match="repeats >= 2, items >= 3"):
+        rank_reliability([[1, 2], [2, 1]])
+    with pytest.raises(ConfigError, match="NaN"):
+        rank_reliability([[1, 2, float("nan")], [1, 2, 3]])
