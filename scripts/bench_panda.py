@@ -151,11 +151,13 @@ def _report(args: argparse.Namespace) -> None:
     pairs = [r for p in parts for r in p["pairs"]]
     targets = list(dict.fromkeys(r["target"] for r in pairs))  # every target's check over all its sources
     runs = [a for p in parts for a in (p["args"] if isinstance(p["args"], list) else [p["args"]])]  # merged files
-    metrics = {a.get("metric", LEGACY["metric"]) for a in runs}
-    if len(metrics) > 1:
-        raise SystemExit(f"--report: the files were measured with different transferability metrics "
-                         f"({', '.join(sorted(metrics))}); one Spearman column needs one metric: merge them apart")
-    metric = metrics.pop()
+    # one table holds one setting: the metric names its Spearman column, and the seed-to-seed check pairs the
+    # files' score lists position by position, which is only right when every file ran the same seeds
+    differ = [k for k in SETTINGS if len({json.dumps(a.get(k, LEGACY.get(k))) for a in runs}) > 1]
+    if differ:
+        raise SystemExit(f"--report: the files were measured with different {', '.join(differ)}; "
+                         "merge only files of one setting")
+    metric = runs[0].get("metric", LEGACY["metric"])
     out = {"args": runs, "pairs": pairs,
            "metric_validation": [_spearman(t, [r for r in pairs if r["target"] == t], metric) for t in targets],
            "partial": any(p.get("partial") for p in parts), "wall_time_s": sum(p["wall_time_s"] for p in parts)}
