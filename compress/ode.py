@@ -20,6 +20,17 @@ layer 0) becomes N_a; the layer's own LN_a becomes N_f; the last layer's LN_f is
 the head. The residual stream is no longer re-normalised, so the result is an approximation that is
 then fine-tuned (with distillation from the original model).
 
+The post-norm difference field (``form='postnorm'``, off by default) reads the post-LN layer itself
+as the step of size 1 instead: with Phi(h) = LN_f(y + M(y)), y = LN_a(h + A(h)) (the layer unchanged),
+
+    F(h) = Phi(h) - h,    h <- h + s F(h) = (1 - s) h + s Phi(h)
+
+so at s = 1 a step is exactly the pretrained layer and the unshared stack (k = T) reproduces the source
+encoder bit for bit: the conversion costs nothing, and only sharing and larger steps have to be
+learned. A step of size s > 1 extrapolates along the layer's update; the state is re-normalised by every
+step of size 1 but not by larger ones, so there is no final norm (the head reads h(T) as it reads the
+source's last layer). It is an Euler step of dh/dt = Phi(h) - h, not the pre-LN residual form.
+
 Learned step gains (``step_gains``, off by default): every trained step count n gets a gain vector
 per step, h <- h + g_{n,j} ⊙ (step(h) - h) (for Euler h + s g_{n,j} ⊙ F(h)), initialised to ones. The
 shared field F stays one field; the gains let each few-step solve rescale its larger steps per hidden
@@ -62,6 +73,7 @@ from plmkit.errors import ConfigError
 from plmkit.losses.distillation import DistillationLoss
 
 INITS = ("average", "layer", "mpo", "random")
+FORMS = ("prenorm", "postnorm")
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "gelu_new": lambda x: F.gelu(x, approximate="tanh")}
 
 
@@ -133,6 +145,9 @@ class ODEConfig:
     step_norms: bool = False
     """Learn a scale and shift per step j of every trained step count n for the block's two pre-norms:
     N(x) -> a_{n,j} * N(x) + c_{n,j}, a = 1 and c = 0 at the start; other counts and the adaptive solver keep them."""
+    form: str = "prenorm"
+    """'prenorm': F(h) = u + M(N_f(h + u)), u = A(N_a(h)) (a pre-LN layer is a step of size 1);
+    'postnorm': F(h) = Phi(h) - h with Phi the post-LN layer as it is (the source's layers are exact steps)."""
     extra: dict = field(default_factory=dict)
     """Sizes recorded when the model is built (hidden size, heads, ...); not a flag."""
 
@@ -148,6 +163,11 @@ class ODEConfig:
                               f"({self.num_blocks} blocks)")
         if self.depth is not None and self.depth % self.num_blocks:
             raise ConfigError(f"depth {self.depth} must be a multiple of num_blocks {self.num_blocks}")
+        if self.form not in FORMS:
+            raise ConfigError(f"form must be one of {FORMS}, got {self.form!r}")
+        if self.form == "postnorm" and self.step_norms:
+            raise ConfigError("step_norms modulates the pre-norms of the 'prenorm' field; the 'postnorm' field has "
+                              "none (use step_gains, or form='prenorm')")
         if self.init not in INITS:
             raise ConfigError(f"init must be one of {INITS}, got {self.init!r}")
         check_solver(self.solver)
@@ -216,6 +236,23 @@ class SharedBlock(nn.Module):
         return u + self.dropout(self.ffn_out(ACTIVATIONS[self.activation](self.ffn_in(ffn_in))))
 
 
+class PostNormBlock(SharedBlock):
+    """A post-LN transformer layer Phi read as the field F(h) = Phi(h) - h (``form='postnorm'``).
+
+    The two norms are the layer's own: ``attn_norm`` is LN_a after attention, ``ffn_norm`` LN_f after
+    the feed-forward, y = LN_a(h + A(h)), Phi(h) = LN_f(y + M(y)).
+    """
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor | None = None,
+                modulation: torch.Tensor | None = None) -> torch.Tensor:
+        """F(h) = Phi(h) - h (``modulation`` is refused by the config: this field has no pre-norms)."""
+        y = self.attn_norm(h + self.dropout(self.attention(h, mask)))
+        return self.ffn_norm(y + self.dropout(self.ffn_out(ACTIVATIONS[self.activation](self.ffn_in(y))))) - h
+
+
+BLOCKS = {"prenorm": SharedBlock, "postnorm": PostNormBlock}
+
+
 class StepSchedule(nn.Module):
     """Draws a step count per training forward from (seed, counter); both are persistent buffers."""
 
@@ -251,9 +288,11 @@ class ODEEncoder(nn.Module):
             raise ConfigError("ODEConfig.depth must be set to build an encoder")
         self.config = config
         self.embeddings, self.takes_token_types = embeddings, token_type_ids
-        self.blocks = nn.ModuleList(SharedBlock(hidden, heads, intermediate, activation, eps, dropout)
+        block = BLOCKS[config.form]
+        self.blocks = nn.ModuleList(block(hidden, heads, intermediate, activation, eps, dropout)
                                     for _ in range(config.num_blocks))
-        self.final_norm = nn.LayerNorm(hidden, eps=eps)
+        # the post-norm field's states are the source's layer outputs at integer times: no norm of its own
+        self.final_norm = nn.LayerNorm(hidden, eps=eps) if config.form == "prenorm" else nn.Identity()
         self.schedule = StepSchedule(parse_steps(config.train_steps, config.depth, weighted=True))
         self.steps, self.solver, self.last_evals = config.steps or config.depth, config.solver, 0
         # g_{n,j}: (n, hidden) per trained count n, ones = the plain solve

@@ -8,6 +8,10 @@ Weight mapping (see :mod:`plmkit.compress.ode` for why): for block i replacing l
     ffn_norm                             <- mean over l in G_i of layer l's attention-output norm
     final_norm                           <- the last layer's output norm
 
+With ``form='postnorm'`` (the layer itself is the step, F(h) = Phi(h) - h) the norms are the layer's own:
+``attn_norm`` <- its attention-output norm LN_a, ``ffn_norm`` <- its output norm LN_f, and there is no final
+norm; with k = T blocks the model is the source encoder exactly.
+
 ``init='layer'`` copies one source layer per block instead of a mean: ``init_layer`` names one layer for
 every block ('2') or one per block ('0,2,4'); ``init='random'`` keeps
 the fresh initialisation (a model from scratch, e.g. in tests). The embeddings are copied.
@@ -113,9 +117,14 @@ def _init_blocks(encoder: ODEEncoder, base: nn.Module, layers: nn.ModuleList, co
                 with torch.no_grad():
                     getattr(block, name).weight.copy_(weight)
                 errors.setdefault(name, []).extend(fit_errors)
-        _mean_into(block.attn_norm, [feeding[i] for i in chosen])
-        _mean_into(block.ffn_norm, [layers[i].attention.output.LayerNorm for i in chosen])
-    _mean_into(encoder.final_norm, [layers[-1].output.LayerNorm])
+        if config.form == "postnorm":  # the layer's own norms, where they are
+            _mean_into(block.attn_norm, [layers[i].attention.output.LayerNorm for i in chosen])
+            _mean_into(block.ffn_norm, [layers[i].output.LayerNorm for i in chosen])
+        else:
+            _mean_into(block.attn_norm, [feeding[i] for i in chosen])
+            _mean_into(block.ffn_norm, [layers[i].attention.output.LayerNorm for i in chosen])
+    if config.form == "prenorm":
+        _mean_into(encoder.final_norm, [layers[-1].output.LayerNorm])
     if errors:
         logger.info("MPO shared-centre fit, mean relative error per linear: %s",
                     {name: round(sum(e) / len(e), 4) for name, e in errors.items()})

@@ -160,6 +160,41 @@ def test_partially_shared_blocks_come_from_their_layer_groups(make_encoder):
         build_ode_encoder(backbone.model, ODEConfig(num_blocks=2, init="layer", init_layer="0,5"))
 
 
+def _hf_states(model, ids, mask):
+    with torch.no_grad():
+        return model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+
+
+def test_postnorm_form_makes_the_source_layers_exact_steps(make_encoder):
+    """F(h) = Phi(h) - h: k = T blocks reproduce the source encoder; a step of size s is (1 - s) h + s Phi(h)."""
+    backbone = make_encoder("bert")
+    source = backbone.model.eval()
+    with torch.no_grad():  # distinct norms and a field large enough to matter
+        for name, p in source.named_parameters():
+            p.copy_(torch.randn_like(p) * (1.0 if "LayerNorm" in name else 0.3))
+    ids, mask = _batch()
+    exact = build_ode_encoder(source, ODEConfig(num_blocks=2, form="postnorm")).eval()
+    assert isinstance(exact.final_norm, torch.nn.Identity)
+    with torch.no_grad():
+        assert torch.allclose(exact(ids, mask), _hf_states(source, ids, mask)[-1], atol=1e-5)
+    # one block from layer 1, depth 2: the source with layer 1 in both places is the 2-step solve
+    doubled = copy.deepcopy(source)
+    doubled.encoder.layer[0].load_state_dict(source.encoder.layer[1].state_dict())
+    h0, phi, phi_phi = _hf_states(doubled, ids, mask)
+    shared = build_ode_encoder(source, ODEConfig(form="postnorm", init="layer", init_layer=1)).eval()
+    with torch.no_grad():
+        assert torch.allclose(shared(ids, mask), phi_phi, atol=1e-5)
+        shared.set_steps(1)  # one step of size 2: 2 Phi(h0) - h0
+        assert torch.allclose(shared(ids, mask), 2 * phi - h0, atol=1e-5)
+        # the prenorm reading of the same layers is not exact: the post-LN -> pre-LN conversion is approximate
+        prenorm = build_ode_encoder(source, ODEConfig(num_blocks=2)).eval()
+        assert not torch.allclose(prenorm(ids, mask), exact(ids, mask), atol=1e-2)
+    with pytest.raises(ConfigError, match="pre-norms"):
+        ODEConfig(form="postnorm", step_norms=True)
+    with pytest.raises(ConfigError, match="form must be one of"):
+        ODEConfig(form="post")
+
+
 def _block_trace(encoder: ODEEncoder, ids: torch.Tensor, mask: torch.Tensor) -> list[int]:
     """Which block each field evaluation of one forward used, in order."""
     trace: list[int] = []
@@ -359,8 +394,9 @@ def test_parse_steps():
 
 
 # ------------------------------------------------------------------------------ save / load
-def test_save_and_reload_with_any_step_count(make_encoder, tmp_path):
-    model = _classifier(make_encoder, num_blocks=2, depth=4).eval()
+@pytest.mark.parametrize("form", ["prenorm", "postnorm"])
+def test_save_and_reload_with_any_step_count(make_encoder, tmp_path, form):
+    model = _classifier(make_encoder, num_blocks=2, depth=4, form=form).eval()
     tokenizer = make_encoder("bert").tokenizer
     save_ode_model(tmp_path / "m", model, tokenizer, extra={"label_names": ["neg", "pos"]})
     ids, mask = _batch()
@@ -371,7 +407,7 @@ def test_save_and_reload_with_any_step_count(make_encoder, tmp_path):
             assert torch.allclose(loaded.model(ids, mask), model(ids, mask), atol=1e-6)
     assert loaded.tokenizer is not None and loaded.meta["label_names"] == ["neg", "pos"]
     config = json.loads((tmp_path / "m" / "config.json").read_text())
-    assert config["ode"]["num_blocks"] == 2
+    assert config["ode"]["num_blocks"] == 2 and config["ode"]["form"] == form
 
 
 def test_step_gains_scale_each_step_of_their_count_and_train_only_when_drawn(make_encoder, tmp_path):
