@@ -336,9 +336,7 @@ class ODEEncoder(nn.Module):
         # gains: (steps, hidden); norms: (steps, 4, hidden)
         for j in range(steps):
             block = self.blocks[block_of_step(j, steps, len(self.blocks))]
-            # a view of a parameter taken under no_grad still requires grad but has no grad_fn, which module
-            # hooks that track autograd (FLOP counting) cannot take: hand them a detached one there
-            modulation = None if norms is None else norms[j] if torch.is_grad_enabled() else norms[j].detach()
+            modulation = None if norms is None else norms[j]
             stepped = step(field(block, modulation), h, size)
             h = stepped if gains is None else h + gains[j] * (stepped - h)
             if states is not None and (j + 1) * self.config.depth % steps == 0:

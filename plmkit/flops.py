@@ -31,14 +31,24 @@ def _extra_formulas() -> dict[Any, Any]:
 
 @torch.no_grad()
 def count_flops(module: nn.Module, *args: Any, **kwargs: Any) -> int:
-    """FLOPs of one eval-mode forward ``module(*args, **kwargs)`` (no gradient); training mode is restored."""
+    """FLOPs of one eval-mode forward ``module(*args, **kwargs)`` (no gradient); training mode is restored.
+
+    The parameters are counted with ``requires_grad`` off (restored after): the counter's module hooks
+    reject a tensor that requires grad but has no ``grad_fn``, which is what a view of a parameter taken
+    under ``no_grad`` is (e.g. one row of a per-step parameter table).
+    """
     from torch.utils.flop_counter import FlopCounterMode
 
     was_training = module.training
+    trainable = [p for p in module.parameters() if p.requires_grad]
     module.eval()
     try:
+        for param in trainable:
+            param.requires_grad_(False)
         with FlopCounterMode(display=False, custom_mapping=_extra_formulas()) as counter:
             module(*args, **kwargs)
     finally:
+        for param in trainable:
+            param.requires_grad_(True)
         module.train(was_training)
     return int(counter.get_total_flops())

@@ -276,6 +276,22 @@ def test_step_count_changes_compute(make_encoder):
     assert flops[(1, "rk4")] == flops[(4, "euler")]  # four evaluations either way
 
 
+def test_flop_helper_takes_a_view_of_a_parameter_and_restores_requires_grad():
+    class RowScaled(torch.nn.Module):  # uses one row of a parameter table, as the per-step tables do
+        def __init__(self):
+            super().__init__()
+            self.linear, self.table = torch.nn.Linear(8, 5), torch.nn.Parameter(torch.ones(3, 5))
+            self.linear.bias.requires_grad_(False)  # frozen stays frozen
+
+        def forward(self, x):
+            return self.linear(x) * self.table[1]
+
+    module = RowScaled()
+    assert count_flops(module, torch.randn(3, 8)) == 2 * 3 * 8 * 5
+    assert module.table.requires_grad and module.linear.weight.requires_grad
+    assert not module.linear.bias.requires_grad
+
+
 def test_flop_helper_counts_a_linear_layer_and_attention_by_hand():
     linear = torch.nn.Linear(8, 5)
     assert count_flops(linear, torch.randn(3, 8)) == 2 * 3 * 8 * 5
