@@ -277,14 +277,19 @@ def test_step_count_changes_compute(make_encoder):
 
 
 def test_flop_helper_takes_a_view_of_a_parameter_and_restores_requires_grad():
-    class RowScaled(torch.nn.Module):  # uses one row of a parameter table, as the per-step tables do
+    class Scale(torch.nn.Module):
+        def forward(self, x, scale):
+            return x * scale
+
+    class RowScaled(torch.nn.Module):  # hands one row of a parameter table to a submodule, as the step norms do
         def __init__(self):
             super().__init__()
             self.linear, self.table = torch.nn.Linear(8, 5), torch.nn.Parameter(torch.ones(3, 5))
+            self.scale = Scale()
             self.linear.bias.requires_grad_(False)  # frozen stays frozen
 
         def forward(self, x):
-            return self.linear(x) * self.table[1]
+            return self.scale(self.linear(x), self.table[1])
 
     module = RowScaled()
     assert count_flops(module, torch.randn(3, 8)) == 2 * 3 * 8 * 5
