@@ -43,6 +43,14 @@ block's two pre-norms, N(x) -> a_{n,j} ⊙ N(x) + c_{n,j} (a = 1, c = 0 at the s
 each few-step solve can re-scale what the shared field sees at its own step size; 4 x (sum of the trained
 counts) x hidden parameters. Other counts and the adaptive solver use a = 1, c = 0.
 
+Time-dependent low-rank corrections (``time_rank`` r > 0, off by default): the field becomes F(h, t).
+Each unit of time tau = 0..T-1 gets, for each of a block's six linears W (out x in), a rank-r correction
+B_tau A_tau (A: r x in, B: out x r, B = 0 at the start: the plain shared field), used by every evaluation
+whose step's midpoint lies in [tau, tau + 1): the n-step solve at step j uses tau = floor((j + 1/2) T / n)
+(n = T: every unit once; n = T/2: units 1, 3, 5 for T = 6). The blocks stay shared; the corrections add
+T r (in + out) parameters per linear, the per-layer auxiliary part of a shared-centre model, so the full-depth
+solve gets back some of the capacity that sharing took. The adaptive solver integrates unit by unit.
+
 Step-robust training: in training mode the encoder draws the step count of each forward from
 ``train_steps`` with a generator seeded by (seed, counter), where seed and counter are persistent
 buffers: every rank draws the same counts (ZeRO-3 needs the same module calls on every rank) and a
@@ -62,6 +70,7 @@ With steps drawn per batch, the few-step solves are trained to pass through the 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -74,6 +83,7 @@ from plmkit.losses.distillation import DistillationLoss
 
 INITS = ("average", "layer", "mpo", "random")
 FORMS = ("prenorm", "postnorm")
+Delta = Callable[[str, torch.Tensor], torch.Tensor]
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "gelu_new": lambda x: F.gelu(x, approximate="tanh")}
 
 
@@ -145,6 +155,9 @@ class ODEConfig:
     step_norms: bool = False
     """Learn a scale and shift per step j of every trained step count n for the block's two pre-norms:
     N(x) -> a_{n,j} * N(x) + c_{n,j}, a = 1 and c = 0 at the start; other counts and the adaptive solver keep them."""
+    time_rank: int = 0
+    """Rank r of a correction B_tau A_tau to each of a block's six linears per unit of time tau (0: none); a step
+    uses the unit holding its midpoint, so the field is F(h, t) (see the module docstring)."""
     form: str = "prenorm"
     """'prenorm': F(h) = u + M(N_f(h + u)), u = A(N_a(h)) (a pre-LN layer is a step of size 1);
     'postnorm': F(h) = Phi(h) - h with Phi the post-LN layer as it is (the source's layers are exact steps)."""
@@ -168,6 +181,8 @@ class ODEConfig:
         if self.form == "postnorm" and self.step_norms:
             raise ConfigError("step_norms modulates the pre-norms of the 'prenorm' field; the 'postnorm' field has "
                               "none (use step_gains, or form='prenorm')")
+        if self.time_rank < 0:
+            raise ConfigError(f"time_rank must be >= 0 (0: no time-dependent corrections), got {self.time_rank}")
         if self.init not in INITS:
             raise ConfigError(f"init must be one of {INITS}, got {self.init!r}")
         check_solver(self.solver)
@@ -213,27 +228,36 @@ class SharedBlock(nn.Module):
         self.ffn_in, self.ffn_out = nn.Linear(hidden, intermediate), nn.Linear(intermediate, hidden)
         self.dropout = nn.Dropout(dropout)
 
-    def attention(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def linear(self, name: str, x: torch.Tensor, delta: Delta | None = None) -> torch.Tensor:
+        """The block's linear ``name`` on x, plus the time correction ``delta(name, x)`` when given."""
+        out = getattr(self, name)(x)
+        return out if delta is None else out + delta(name, x)
+
+    def attention(self, x: torch.Tensor, mask: torch.Tensor | None, delta: Delta | None = None) -> torch.Tensor:
         batch, seq, hidden = x.shape
         # (batch, seq, hidden) -> (batch, heads, seq, head_dim)
-        q, k, v = (proj(x).view(batch, seq, self.heads, hidden // self.heads).transpose(1, 2)
-                   for proj in (self.query, self.key, self.value))
+        q, k, v = (self.linear(name, x, delta).view(batch, seq, self.heads, hidden // self.heads).transpose(1, 2)
+                   for name in ("query", "key", "value"))
         context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                                  dropout_p=self.dropout.p if self.training else 0.0)
         # (batch, heads, seq, head_dim) -> (batch, seq, hidden)
-        return self.out(context.transpose(1, 2).reshape(batch, seq, hidden))
+        return self.linear("out", context.transpose(1, 2).reshape(batch, seq, hidden), delta)
+
+    def feed_forward(self, x: torch.Tensor, delta: Delta | None = None) -> torch.Tensor:
+        return self.linear("ffn_out", ACTIVATIONS[self.activation](self.linear("ffn_in", x, delta)), delta)
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor | None = None,
-                modulation: torch.Tensor | None = None) -> torch.Tensor:
-        """F(h), not h + F(h); ``modulation`` (4, hidden): scale and shift after N_a, then after N_f."""
+                modulation: torch.Tensor | None = None, delta: Delta | None = None) -> torch.Tensor:
+        """F(h), not h + F(h); ``modulation`` (4, hidden): scale and shift after N_a, then after N_f;
+        ``delta``: the time correction of each linear (:class:`TimeCorrections`)."""
         attn_in = self.attn_norm(h)
         if modulation is not None:
             attn_in = modulation[0] * attn_in + modulation[1]
-        u = self.dropout(self.attention(attn_in, mask))
+        u = self.dropout(self.attention(attn_in, mask, delta))
         ffn_in = self.ffn_norm(h + u)
         if modulation is not None:
             ffn_in = modulation[2] * ffn_in + modulation[3]
-        return u + self.dropout(self.ffn_out(ACTIVATIONS[self.activation](self.ffn_in(ffn_in))))
+        return u + self.dropout(self.feed_forward(ffn_in, delta))
 
 
 class PostNormBlock(SharedBlock):
@@ -244,10 +268,35 @@ class PostNormBlock(SharedBlock):
     """
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor | None = None,
-                modulation: torch.Tensor | None = None) -> torch.Tensor:
+                modulation: torch.Tensor | None = None, delta: Delta | None = None) -> torch.Tensor:
         """F(h) = Phi(h) - h (``modulation`` is refused by the config: this field has no pre-norms)."""
-        y = self.attn_norm(h + self.dropout(self.attention(h, mask)))
-        return self.ffn_norm(y + self.dropout(self.ffn_out(ACTIVATIONS[self.activation](self.ffn_in(y))))) - h
+        y = self.attn_norm(h + self.dropout(self.attention(h, mask, delta)))
+        return self.ffn_norm(y + self.dropout(self.feed_forward(y, delta))) - h
+
+
+class TimeCorrections(nn.Module):
+    """Rank-r corrections B_tau A_tau of a block's six linears, one per unit of time tau (``time_rank``).
+
+    ``at(tau)`` is the ``delta(name, x) -> x A_tau^T B_tau^T`` that :meth:`SharedBlock.linear` adds. A starts
+    as a linear layer's weights do (Kaiming-uniform), B at zero, so the field starts as the shared one.
+    """
+
+    def __init__(self, depth: int, rank: int, hidden: int, intermediate: int) -> None:
+        super().__init__()
+        sizes = {name: (hidden, hidden) for name in ("query", "key", "value", "out")}
+        sizes.update(ffn_in=(hidden, intermediate), ffn_out=(intermediate, hidden))  # (in, out)
+        self.down = nn.ParameterDict()  # A: (T, r, in)
+        self.up = nn.ParameterDict()    # B: (T, out, r)
+        for name, (fan_in, fan_out) in sizes.items():
+            bound = 1.0 / math.sqrt(fan_in)
+            self.down[name] = nn.Parameter(torch.empty(depth, rank, fan_in).uniform_(-bound, bound))
+            self.up[name] = nn.Parameter(torch.zeros(depth, fan_out, rank))
+
+    def at(self, tau: int) -> Delta:
+        def delta(name: str, x: torch.Tensor) -> torch.Tensor:
+            # (..., in) -> (..., r) -> (..., out)
+            return (x @ self.down[name][tau].T) @ self.up[name][tau].T
+        return delta
 
 
 BLOCKS = {"prenorm": SharedBlock, "postnorm": PostNormBlock}
@@ -300,6 +349,8 @@ class ODEEncoder(nn.Module):
         # (a_attn, c_attn, a_ffn, c_ffn) per step: (n, 4, hidden) per trained count n, identity at the start
         self.step_norms = self._per_count(torch.tensor([1.0, 0.0, 1.0, 0.0])[:, None].expand(4, hidden)) \
             if config.step_norms else None
+        self.time_corrections = TimeCorrections(config.depth, config.time_rank, hidden, intermediate) \
+            if config.time_rank else None
 
     def _per_count(self, start: torch.Tensor) -> nn.ParameterDict:
         """One parameter (n, *start.shape) per trained step count n, every step at ``start``; keys are the counts as text."""
@@ -322,13 +373,20 @@ class ODEEncoder(nn.Module):
 
         ``states``, when given, receives h(t) at every integer time t > 0 that a fixed step ends on.
         """
-        def field(block: nn.Module, modulation: torch.Tensor | None = None):
-            return lambda x: block(x, mask, modulation)
+        corrections = self.time_corrections
+
+        def field(block: nn.Module, modulation: torch.Tensor | None = None, tau: int | None = None):
+            delta = None if corrections is None or tau is None else corrections.at(tau)
+            return lambda x: block(x, mask, modulation, delta)
 
         if solver == "adaptive":
-            length, self.last_evals = self.config.depth / len(self.blocks), 0
-            for block in self.blocks:
-                h, evals = solve_adaptive(field(block), h, length, self.config.rtol, self.config.atol)
+            depth, blocks, self.last_evals = self.config.depth, len(self.blocks), 0
+            # segment by segment; with time corrections unit by unit, as the field changes at every unit
+            pieces = [(block_of_step(tau, depth, blocks), tau, 1.0) for tau in range(depth)] if corrections \
+                else [(i, None, depth / blocks) for i in range(blocks)]
+            for i, tau, length in pieces:
+                h, evals = solve_adaptive(field(self.blocks[i], None, tau), h, length, self.config.rtol,
+                                          self.config.atol)
                 self.last_evals += evals
             return h
         size, step = self.config.depth / steps, STEPPERS[solver]
@@ -337,7 +395,8 @@ class ODEEncoder(nn.Module):
         for j in range(steps):
             block = self.blocks[block_of_step(j, steps, len(self.blocks))]
             modulation = None if norms is None else norms[j]
-            stepped = step(field(block, modulation), h, size)
+            tau = block_of_step(j, steps, self.config.depth)  # the unit of time holding the step's midpoint
+            stepped = step(field(block, modulation, tau), h, size)
             h = stepped if gains is None else h + gains[j] * (stepped - h)
             if states is not None and (j + 1) * self.config.depth % steps == 0:
                 states[(j + 1) * self.config.depth // steps] = h

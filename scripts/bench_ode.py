@@ -140,7 +140,7 @@ def run_task(task: str, args: argparse.Namespace, folder: Path) -> dict:
     started = time.perf_counter()
     config = ODEConfig(train_steps=args.train_steps, init=args.init, init_layer=args.init_layer,
                        num_blocks=args.num_blocks, step_gains=args.step_gains,
-                       step_norms=args.step_norms, form=args.form)
+                       step_norms=args.step_norms, form=args.form, time_rank=args.time_rank)
     metrics = ode_compress(setup, config, trainer, run)
     rows = metrics["table"]
     depth = metrics["ode_config"]["depth"]
@@ -280,6 +280,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--form", default="prenorm", choices=("prenorm", "postnorm"),
                         help="the block's field: pre-LN residual (prenorm) or the post-LN layer minus identity "
                              "(postnorm: the source's layers are exact steps; ODEConfig.form)")
+    parser.add_argument("--time-rank", type=int, default=0,
+                        help="rank of a correction per unit of time to each of the block's linears, so the field is "
+                             "F(h, t) (ODEConfig.time_rank; 0: none)")
     parser.add_argument("--eval-steps", default="6,3,2")
     parser.add_argument("--latency-batch", type=int, default=32)
     parser.add_argument("--latency-tokens", type=int, default=64)

@@ -460,6 +460,52 @@ def test_step_gains_scale_each_step_of_their_count_and_train_only_when_drawn(mak
         assert torch.allclose(loaded.model(ids, mask), model.set_steps(2)(ids, mask), atol=1e-6)
 
 
+def _merged_block(block: SharedBlock, corrections, tau: int) -> SharedBlock:
+    """A copy of ``block`` whose six linears carry W + B_tau A_tau: what the corrected field must equal."""
+    merged = copy.deepcopy(block)
+    with torch.no_grad():
+        for name in ("query", "key", "value", "out", "ffn_in", "ffn_out"):
+            getattr(merged, name).weight.add_(corrections.up[name][tau] @ corrections.down[name][tau])
+    return merged
+
+
+@pytest.mark.parametrize("form", ["prenorm", "postnorm"])
+def test_time_corrections_make_the_field_depend_on_the_unit_of_time(make_encoder, tmp_path, form):
+    model = _classifier(make_encoder, depth=4, num_blocks=2, init="random", time_rank=3, form=form).eval()
+    encoder, (ids, mask) = model.encoder, _batch()
+    corrections = encoder.time_corrections
+    assert tuple(corrections.down["ffn_in"].shape) == (4, 3, 32) and tuple(corrections.up["ffn_in"].shape) == (4, 64, 3)
+    plain = _classifier(make_encoder, depth=4, num_blocks=2, init="random", form=form).eval()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if "time_corrections" not in k})
+    with torch.no_grad():
+        assert torch.equal(model.set_steps(2)(ids, mask), plain.set_steps(2)(ids, mask))  # B = 0: the shared field
+        for p in list(encoder.blocks.parameters()) + list(corrections.parameters()):
+            p.add_(torch.randn_like(p) * 0.2)
+        attn_mask = mask.bool()[:, None, None, :]
+        # n steps of size 4 / n: step j uses block floor(2 (j + 1/2) / n) and unit floor(4 (j + 1/2) / n)
+        for steps, units in ((4, [0, 1, 2, 3]), (2, [1, 3]), (1, [2])):
+            h = encoder.embeddings(input_ids=ids)
+            for j, tau in enumerate(units):
+                block = encoder.blocks[(2 * j + 1) * 2 // (2 * steps)]
+                h = h + (4 / steps) * _merged_block(block, corrections, tau)(h, attn_mask)
+            assert torch.allclose(model.set_steps(steps)(ids, mask), model.head(encoder.final_norm(h), mask),
+                                  atol=1e-5), steps
+        # the adaptive solver integrates unit by unit: it agrees with many small RK4 steps (each within a unit)
+        encoder.config.rtol, encoder.config.atol = 1e-7, 1e-8
+        fine = model.set_steps(64, "rk4")(ids, mask)
+        assert torch.allclose(model.set_steps(solver="adaptive")(ids, mask), fine, atol=1e-4)
+    model.set_steps(2, "euler").zero_grad()
+    model(ids, mask).sum().backward()
+    used = corrections.up["query"].grad.flatten(1).abs().sum(1) > 0
+    assert used.tolist() == [False, True, False, True]  # only the units the 2-step solve evaluates
+    save_ode_model(tmp_path / "m", model, make_encoder("bert").tokenizer)
+    loaded = load_ode_model(tmp_path / "m", steps=2)
+    with torch.no_grad():
+        assert torch.allclose(loaded.model(ids, mask), model.set_steps(2)(ids, mask), atol=1e-6)
+    with pytest.raises(ConfigError, match="time_rank"):
+        ODEConfig(time_rank=-1)
+
+
 def test_step_norms_modulate_each_steps_pre_norms_and_train_only_when_drawn(make_encoder, tmp_path):
     model = _classifier(make_encoder, depth=4, train_steps="4,2", step_norms=True).eval()
     encoder = model.encoder
