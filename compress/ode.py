@@ -26,7 +26,7 @@ as the step of size 1 instead: with Phi(h) = LN_f(y + M(y)), y = LN_a(h + A(h)) 
     F(h) = Phi(h) - h,    h <- h + s F(h) = (1 - s) h + s Phi(h)
 
 so at s = 1 a step is exactly the pretrained layer and the unshared stack (k = T) reproduces the source
-encoder bit for bit: the conversion costs nothing, and only sharing and larger steps have to be
+encoder (to float rounding): the conversion costs nothing, and only sharing and larger steps have to be
 learned. A step of size s > 1 extrapolates along the layer's update; the state is re-normalised by every
 step of size 1 but not by larger ones, so there is no final norm (the head reads h(T) as it reads the
 source's last layer). It is an Euler step of dh/dt = Phi(h) - h, not the pre-LN residual form.
