@@ -31,7 +31,7 @@ from plmkit.metrics import rank_reliability
 from plmkit.mtl.pipeline import TransferSetup, run_transfer
 from plmkit.mtl.prompts import read_prompts
 from plmkit.mtl.transferability import prompt_weight_similarity
-from plmkit.runs import RunFolder
+from plmkit.runs import RunFolder, environment
 from plmkit.trainer import TrainerConfig
 
 GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"  # benchmark data, never the product's
@@ -43,6 +43,11 @@ TASKS = {"rotten-tomatoes": "rotten-tomatoes", "sst2": f"{GLUE}/sst2", "rt-subje
 SETTINGS = ("backbone", "seeds", "train", "eval", "source_train", "epochs", "source_epochs", "prompt_length",
             "max_length", "learning_rate", "student_init", "metric")  # what a measured pair depends on (--resume)
 LEGACY = {"metric": "activation"}  # results written before a setting existed were measured with this value
+LIBRARIES = ("torch", "transformers")  # per-seed scores need these versions to reproduce (--resume reuses scores)
+
+
+def _versions() -> dict[str, str | None]:
+    return {k: v for k, v in environment()["versions"].items() if k in LIBRARIES}
 
 
 def parse() -> argparse.Namespace:
@@ -110,6 +115,15 @@ def main() -> None:
         if differ:
             raise SystemExit(f"--resume: {args.out} was measured with other {', '.join(differ)}; "
                              "pass the same settings or another --out")
+        # the kept pairs' scores (and the target's no-transfer scores, copied into new pairs) are per seed:
+        # they stand beside new ones only where the libraries that produced them are the same
+        versions = earlier.get("versions")
+        if versions is None:
+            print(f"--resume: {args.out} does not record its library versions; its scores are kept as if "
+                  f"measured with these ({_versions()})", flush=True)
+        elif versions != _versions():
+            raise SystemExit(f"--resume: {args.out} was measured with {versions}, this environment has "
+                             f"{_versions()}; per-seed scores do not carry across versions: use another --out")
         done = {(r["target"], r["source"]): r for r in earlier["pairs"]}
     for target in args.targets.split(","):
         earlier = [r for (t, _), r in done.items() if t == target]
@@ -136,11 +150,12 @@ def main() -> None:
             rows.append(row)
             print(json.dumps({k: row.get(k) for k in ("target", "source", "transferability", "beta", "gain_transfer",
                                                       "gain_panda")}), flush=True)
-            _write(args, {"args": vars(args), "pairs": pairs + rows, "metric_validation": validation,
-                          "partial": True, "wall_time_s": time.perf_counter() - started})
+            _write(args, {"args": vars(args), "versions": _versions(), "pairs": pairs + rows,
+                          "metric_validation": validation, "partial": True,
+                          "wall_time_s": time.perf_counter() - started})
         validation.append(_spearman(target, rows, args.metric))
         pairs.extend(rows)
-    out = {"args": vars(args), "pairs": pairs, "metric_validation": validation,
+    out = {"args": vars(args), "versions": _versions(), "pairs": pairs, "metric_validation": validation,
            "wall_time_s": time.perf_counter() - started}
     _write(args, out)
     _print(out)
@@ -158,7 +173,11 @@ def _report(args: argparse.Namespace) -> None:
         raise SystemExit(f"--report: the files were measured with different {', '.join(differ)}; "
                          "merge only files of one setting")
     metric = runs[0].get("metric", LEGACY["metric"])
-    out = {"args": runs, "pairs": pairs,
+    versions = [p["versions"] for p in parts if "versions" in p]
+    if len({json.dumps(v, sort_keys=True) for v in versions}) > 1:  # pairs stay comparable within themselves
+        print(f"--report: the files were measured with different library versions ({versions}); "
+              "compare methods within a pair, not scores across files", flush=True)
+    out = {"args": runs, "versions": versions, "pairs": pairs,
            "metric_validation": [_spearman(t, [r for r in pairs if r["target"] == t], metric) for t in targets],
            "partial": any(p.get("partial") for p in parts), "wall_time_s": sum(p["wall_time_s"] for p in parts)}
     _write(args, out)
