@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 
@@ -58,3 +60,19 @@ def tiny_backbone_dir(make_encoder, tmp_path):
     backbone.model.save_pretrained(path)
     backbone.tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def load_script():
+    """``load_script("bench_ode")`` -> scripts/bench_ode.py imported as a module (once per session)."""
+    loaded = {}
+
+    def load(name: str):
+        if name not in loaded:
+            spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "scripts"
+                                                          / f"{name}.py")
+            loaded[name] = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(loaded[name])
+        return loaded[name]
+
+    return load
