@@ -179,6 +179,20 @@ def time_rows(rows: list[dict[str, Any]], timed: list[tuple[nn.Module, int | Non
         row["latency_runs_ms"] = [round(t, 2) for t in times]
 
 
+def dense_data_settings(setup: ODESetup, data: TaskData, backbone: str) -> dict[str, Any]:
+    """The data side of what a cached dense model was made with: backbone, task rows, length, pooling."""
+    return {"backbone": backbone, "task": data.task.describe(), "rows": data.task.fingerprint(),
+            "max_length": setup.max_length, "pooling": setup.pooling, "data_seed": setup.data_seed}
+
+
+def read_dense_settings(cache: Path) -> dict[str, Any] | None:
+    """What a dense cache file records it was made with (its safetensors metadata); None: nothing recorded."""
+    from safetensors import safe_open
+
+    with safe_open(cache, "pt") as handle:
+        return json.loads((handle.metadata() or {}).get("plmkit_dense", "null"))
+
+
 def _dense(dense: nn.Module, setup: ODESetup, data: TaskData, trainer: TrainerConfig, run: RunFolder,
            epochs: int, backbone: str) -> dict[str, Any] | None:
     """Fine-tune ``dense`` (or load it from ``setup.dense_cache``); its scores, or None without training.
@@ -187,16 +201,12 @@ def _dense(dense: nn.Module, setup: ODESetup, data: TaskData, trainer: TrainerCo
     settings, in its safetensors metadata); a file made with anything else is refused, not reused.
     """
     cache = Path(setup.dense_cache) if setup.dense_cache else None
-    made_with = {"backbone": backbone, "task": data.task.describe(), "rows": data.task.fingerprint(),
-                 "max_length": setup.max_length,
-                 "pooling": setup.pooling, "data_seed": setup.data_seed, "epochs": epochs,
+    made_with = {**dense_data_settings(setup, data, backbone), "epochs": epochs,
                  "learning_rate": trainer.learning_rate, "batch_size": trainer.batch_size, "seed": trainer.seed}
     if cache is not None and cache.is_file():
-        from safetensors import safe_open
         from safetensors.torch import load_file
 
-        with safe_open(cache, "pt") as handle:
-            stored = json.loads((handle.metadata() or {}).get("plmkit_dense", "null"))
+        stored = read_dense_settings(cache)
         current = json.loads(json.dumps(made_with))  # as it would be stored
         if stored != current:
             differ = sorted(k for k in current if not stored or stored.get(k) != current.get(k))

@@ -12,7 +12,8 @@ the dense model each reading starts, which the step-robust training then has to 
         --out scripts/results/ode_conversion_rt.json
 
 A variant is ``form:blocks:layers`` (one source layer per block; ``form`` is ``prenorm`` or ``postnorm``,
-see ``plmkit.compress.ode``). The task data must be loaded with the settings the cache was made with.
+see ``plmkit.compress.ode``). The task data must be loaded with the settings the cache was made with: a
+cache that records another backbone, task, rows or length is refused.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     from plmkit.cliargs import quiet_libraries
     from plmkit.compress.ode import ODEClassifier, ODEConfig
     from plmkit.compress.ode_build import build_ode_encoder
-    from plmkit.compress.ode_job import ODESetup
+    from plmkit.compress.ode_job import ODESetup, dense_data_settings, read_dense_settings
     from plmkit.errors import ConfigError
     from plmkit.models import build_classifier
     from plmkit.report import format_table
@@ -62,6 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     task = setup.load(setup.task)
     backbone = load_encoder(setup.backbone)
     data = TaskData(task, backbone.tokenizer, setup.max_length, backbone.model.config)
+    expected = json.loads(json.dumps(dense_data_settings(setup, data, backbone.name)))  # as the cache stores it
+    stored = read_dense_settings(Path(args.dense_cache))
+    differ = [k for k in expected if not stored or stored.get(k) != expected[k]]
+    if differ:
+        raise SystemExit(f"--dense-cache {args.dense_cache} was made with other {', '.join(differ)}; pass the "
+                         "--backbone, --task, --train-samples, --eval-samples and --max-length it was made with")
     dense = build_classifier(backbone.model, task.num_labels, pooling=setup.pooling)
     dense.load_state_dict(load_file(args.dense_cache))
     dense.eval()
