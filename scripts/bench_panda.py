@@ -108,7 +108,7 @@ def main() -> None:
     pool = [t for t in args.pool.split(",") if t]
     work = Path(tempfile.mkdtemp(prefix="bench-panda-"))
     pairs, validation = [], []
-    done = {}
+    done, versions = {}, _versions()
     if args.resume and Path(args.out).is_file():
         earlier = json.loads(Path(args.out).read_text())
         differ = [k for k in SETTINGS if earlier["args"].get(k, LEGACY.get(k)) != vars(args)[k]]
@@ -117,13 +117,12 @@ def main() -> None:
                              "pass the same settings or another --out")
         # the kept pairs' scores (and the target's no-transfer scores, copied into new pairs) are per seed:
         # they stand beside new ones only where the libraries that produced them are the same
-        versions = earlier.get("versions")
-        if versions is None:
+        if "versions" not in earlier:
             print(f"--resume: {args.out} does not record its library versions; its scores are kept as if "
-                  f"measured with these ({_versions()})", flush=True)
-        elif versions != _versions():
-            raise SystemExit(f"--resume: {args.out} was measured with {versions}, this environment has "
-                             f"{_versions()}; per-seed scores do not carry across versions: use another --out")
+                  f"measured with these ({versions})", flush=True)
+        elif earlier["versions"] != versions:
+            raise SystemExit(f"--resume: {args.out} was measured with {earlier['versions']}, this environment has "
+                             f"{versions}; per-seed scores do not carry across versions: use another --out")
         done = {(r["target"], r["source"]): r for r in earlier["pairs"]}
     for target in args.targets.split(","):
         earlier = [r for (t, _), r in done.items() if t == target]
@@ -150,12 +149,12 @@ def main() -> None:
             rows.append(row)
             print(json.dumps({k: row.get(k) for k in ("target", "source", "transferability", "beta", "gain_transfer",
                                                       "gain_panda")}), flush=True)
-            _write(args, {"args": vars(args), "versions": _versions(), "pairs": pairs + rows,
+            _write(args, {"args": vars(args), "versions": versions, "pairs": pairs + rows,
                           "metric_validation": validation, "partial": True,
                           "wall_time_s": time.perf_counter() - started})
         validation.append(_spearman(target, rows, args.metric))
         pairs.extend(rows)
-    out = {"args": vars(args), "versions": _versions(), "pairs": pairs, "metric_validation": validation,
+    out = {"args": vars(args), "versions": versions, "pairs": pairs, "metric_validation": validation,
            "wall_time_s": time.perf_counter() - started}
     _write(args, out)
     _print(out)
