@@ -125,7 +125,8 @@ def _register_ode(compress: argparse._SubParsersAction) -> None:
         compress, "ode", cmd_compress_ode,
         [Flags(ODESetup, "model and task", aliases=MODEL_ALIAS),
          Flags(ODEConfig, "shared model and solver", exclude=("extra",)),
-         Flags(TrainerConfig, "training", defaults=TRAINING_DEFAULTS)],
+         # three models train here; --ode-lr-multipliers names the shared model's parameters
+         Flags(TrainerConfig, "training", defaults=TRAINING_DEFAULTS, exclude=("lr_multipliers",))],
         help="parameter-shared encoder solved as an ODE: fewer, larger steps at inference",
         description="Fine-tune the dense model on --task, build a shared-layer (pre-LN, Euler-step) encoder from it, "
                     "train it to tolerate large steps (step counts drawn per batch, distillation from the dense "

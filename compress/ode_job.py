@@ -44,7 +44,7 @@ from plmkit.models import build_classifier
 from plmkit.report import plot_labelled_lines
 from plmkit.runs import RunFolder, environment
 from plmkit.textclf import TaskData
-from plmkit.trainer import TrainerConfig, seed_everything
+from plmkit.trainer import TrainerConfig, parse_lr_multipliers, seed_everything
 
 logger = logging.getLogger("plmkit")
 
@@ -65,6 +65,9 @@ class ODESetup(DataArgs):
     """Epochs of the shared model's fine-tuning (default: --epochs)."""
     ode_learning_rate: float | None = None
     """Learning rate of the shared model's fine-tuning (default: --learning-rate)."""
+    ode_lr_multipliers: str = ""
+    """Learning-rate factors for parts of the shared model, 'PATTERN=FACTOR,...' on parameter names (e.g.
+    '*time_corrections*=10'); the trainer's --lr-multipliers, for the shared model's fine-tuning only."""
     distill: float = 0.5
     """Weight of distillation from the fine-tuned dense model for the shared model and the baseline (0: none)."""
     distill_temperature: float = 2.0
@@ -101,6 +104,7 @@ class ODESetup(DataArgs):
             raise ConfigError(f"--distill-trajectory must be >= 0, got {self.distill_trajectory}")
         if self.latency_batch < 1 or self.latency_tokens < 1 or self.latency_rounds < 1:
             raise ConfigError("--latency-batch, --latency-tokens and --latency-rounds must be >= 1")
+        parse_lr_multipliers(self.ode_lr_multipliers, "--ode-lr-multipliers")  # refused before any training
 
 
 def _epochs(value: int | None, trainer: TrainerConfig) -> int:
@@ -259,7 +263,8 @@ def ode_compress(setup: ODESetup, config: ODEConfig, trainer: TrainerConfig, run
         loss = _dense_distillation(dense, setup) if teacher else None
     lr = setup.ode_learning_rate or trainer.learning_rate
     metrics["ode"] = finetune_and_evaluate(
-        model, data, replace(trainer, epochs=_epochs(setup.ode_epochs, trainer), learning_rate=lr), run.path / "ode",
+        model, data, replace(trainer, epochs=_epochs(setup.ode_epochs, trainer), learning_rate=lr,
+                             lr_multipliers=setup.ode_lr_multipliers), run.path / "ode",
         loss=loss)
     batch = latency_batch(backbone.tokenizer, setup.latency_batch, setup.latency_tokens)
     steps = parse_steps(setup.eval_steps, depth)

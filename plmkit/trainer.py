@@ -22,6 +22,7 @@ Launch: one process on CPU (gloo) or one GPU needs no launcher; ``deepspeed --nu
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import math
@@ -102,6 +103,10 @@ class TrainerConfig:
     """Peak AdamW learning rate, in (0, 10]."""
     weight_decay: float = 0.0
     """AdamW weight decay; never applied to biases and norm weights."""
+    lr_multipliers: str = ""
+    """Per-parameter learning-rate factors, 'PATTERN=FACTOR,...': parameters whose name matches a glob PATTERN
+    (e.g. '*time_corrections*=10') train at FACTOR x the learning rate, under the same schedule; the first
+    matching pattern wins, and a pattern that matches no trainable parameter is an error."""
     warmup_ratio: float = 0.0
     """Fraction of the optimiser steps with a linear warm-up; the rest decays linearly to zero."""
     max_grad_norm: float = 1.0
@@ -152,6 +157,25 @@ class TrainerConfig:
             raise TrainerConfigError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.max_grad_norm < 0:
             raise TrainerConfigError("max_grad_norm must be >= 0 (0 disables clipping)")
+        parse_lr_multipliers(self.lr_multipliers)
+
+
+def parse_lr_multipliers(text: str, flag: str = "--lr-multipliers") -> list[tuple[str, float]]:
+    """``'*corr*=10, head.*=2'`` -> ``[('*corr*', 10.0), ('head.*', 2.0)]``; one error line naming ``flag``
+    for a bad entry."""
+    rules = []
+    for entry in filter(None, (part.strip() for part in text.split(","))):
+        pattern, sep, value = (part.strip() for part in entry.rpartition("="))
+        try:
+            factor = float(value)
+        except ValueError:
+            factor = math.nan
+        if not sep or not pattern or not math.isfinite(factor) or factor <= 0:
+            raise TrainerConfigError(
+                f"{flag} entry {entry!r} is not PATTERN=FACTOR with a glob pattern and a finite factor > 0 "
+                "(e.g. '*time_corrections*=10')")
+        rules.append((pattern, factor))
+    return rules
 
 
 def _check_number(name: str, value: Any) -> None:
@@ -271,12 +295,28 @@ class Trainer:
         return micro_per_epoch
 
     def _optimizer(self) -> torch.optim.Optimizer:
+        """AdamW over the trainable parameters, one group per (weight decay on/off, learning-rate factor).
+
+        Groups at the plain rate come first, so the logged rate (group 0's) is the schedule's own.
+        """
+        cfg = self.config
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-        decay = [p for n, p in named if not _no_decay(n, p)]
-        no_decay = [p for n, p in named if _no_decay(n, p)]
-        groups = [g for g in ({"params": decay, "weight_decay": self.config.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
-        return torch.optim.AdamW(groups, lr=self.config.learning_rate)
+        rules = parse_lr_multipliers(cfg.lr_multipliers)
+        unmatched = [pattern for pattern, _ in rules if not any(fnmatch.fnmatchcase(n, pattern) for n, _ in named)]
+        if unmatched:
+            shown = ", ".join(n for n, _ in named[:6]) + (", ..." if len(named) > 6 else "")
+            raise TrainerConfigError(
+                f"--lr-multipliers pattern(s) {', '.join(map(repr, unmatched))} match no trainable parameter; "
+                f"the names look like: {shown} (globs match whole names: use '*part*')")
+        groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
+        for name, param in named:
+            factor = next((f for pattern, f in rules if fnmatch.fnmatchcase(name, pattern)), 1.0)
+            groups.setdefault((factor, _no_decay(name, param)), []).append(param)
+        order = sorted(groups, key=lambda key: (key[0] != 1.0, key[0], key[1]))
+        return torch.optim.AdamW(
+            [{"params": groups[key], "lr": cfg.learning_rate * key[0],
+              "weight_decay": 0.0 if key[1] else cfg.weight_decay} for key in order],
+            lr=cfg.learning_rate)
 
     def deepspeed_config(self, world: int) -> dict[str, Any]:
         cfg = self.config

@@ -128,7 +128,8 @@ def run_task(task: str, args: argparse.Namespace, folder: Path) -> dict:
     setup = ODESetup(backbone=args.backbone, task=task, max_train_samples=args.train_samples,
                      max_eval_samples=args.eval_samples, max_length=args.max_length, eval_steps=args.eval_steps,
                      latency_batch=args.latency_batch, latency_tokens=args.latency_tokens,
-                     ode_epochs=args.ode_epochs, ode_learning_rate=args.ode_learning_rate, distill=args.distill,
+                     ode_epochs=args.ode_epochs, ode_learning_rate=args.ode_learning_rate,
+                     ode_lr_multipliers=args.ode_lr_multipliers, distill=args.distill,
                      distill_trajectory=args.distill_trajectory,
                      dense_epochs=args.dense_epochs, baseline_epochs=args.baseline_epochs,
                      baseline=not args.no_baseline, latency_rounds=args.latency_rounds,
@@ -261,6 +262,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--ode-learning-rate", type=float, default=None)
+    parser.add_argument("--ode-lr-multipliers", default="",
+                        help="'PATTERN=FACTOR,...' learning-rate factors for the shared model's parameters")
     parser.add_argument("--dense-epochs", type=int, default=None, help="epochs of the dense model (default --epochs)")
     parser.add_argument("--baseline-epochs", type=int, default=None,
                         help="epochs of each layer-dropped model (default --epochs)")

@@ -55,13 +55,29 @@ def test_ode_cli_trains_both_sides_with_trajectory_distillation_and_logs_its_ter
     assert main([*common, "--depth", "4", "--output-dir", str(tmp_path / "deep")]) == 2
     assert "--depth 4 must equal its 2 layers" in capsys.readouterr().err
     run = tmp_path / "ode"
-    assert main([*common, "--eval-steps", "2,1", "--log-every-steps", "1", "--output-dir", str(run)]) == 0
+    # a learning-rate factor for the time corrections: only the shared model has them, so the dense model
+    # and the baseline would refuse the pattern if it reached their training too
+    assert main([*common, "--eval-steps", "2,1", "--log-every-steps", "1", "--output-dir", str(run),
+                 "--time-rank", "1", "--ode-lr-multipliers", "*time_corrections*=10"]) == 0
     lines = [json.loads(line) for line in (run / "ode" / "train_log.jsonl").read_text().splitlines()]
     logged = [entry for entry in lines if "trajectory" in entry]
     assert len(logged) >= 5 and all(entry["trajectory"] > 0 and "soft" in entry for entry in logged)
     # the baseline (first layer kept) gets the same signal: its layer 1 matched to the dense layer 2
     lines = [json.loads(line) for line in (run / "drop-1" / "train_log.jsonl").read_text().splitlines()]
     assert len([entry for entry in lines if entry.get("hidden", 0) > 0]) >= 5
+
+
+def test_ode_lr_multipliers_are_the_shared_models_own_and_checked_up_front(capsys):
+    from plmkit.cli import main
+    from plmkit.compress.ode_job import ODESetup
+    from plmkit.errors import ConfigError
+
+    with pytest.raises(SystemExit):
+        main(["compress", "ode", "--help"])
+    flags = capsys.readouterr().out
+    assert "--ode-lr-multipliers" in flags and "\n  --lr-multipliers" not in flags  # one model's flag only
+    with pytest.raises(ConfigError, match="--ode-lr-multipliers entry '\\*time_corrections\\*'"):
+        ODESetup(ode_lr_multipliers="*time_corrections*")
 
 
 def test_table_scores_keep_each_prediction_and_agree_with_the_evaluator(tmp_path, make_encoder):

@@ -60,11 +60,12 @@ class _Interrupt(Exception):
     pass
 
 
-@pytest.mark.parametrize("stage", [0, 2, 3])
-def test_resume_reproduces_an_uninterrupted_run(tmp_path, stage):
+@pytest.mark.parametrize("stage,multipliers", [(0, ""), (2, ""), (3, ""), (2, "3.*=10")])
+def test_resume_reproduces_an_uninterrupted_run(tmp_path, stage, multipliers):
     data = _data()
     reference = _model()
-    Trainer(reference, _loss, data, _config(tmp_path, "a", zero_stage=stage), evaluate_fn=_accuracy(data)).train()
+    Trainer(reference, _loss, data, _config(tmp_path, "a", zero_stage=stage, lr_multipliers=multipliers),
+            evaluate_fn=_accuracy(data)).train()
 
     calls = {"n": 0}
 
@@ -75,12 +76,13 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, stage):
         return _loss(model, batch)
 
     with pytest.raises(_Interrupt):
-        Trainer(_model(), crashing_loss, data, _config(tmp_path, "b", zero_stage=stage),
+        Trainer(_model(), crashing_loss, data, _config(tmp_path, "b", zero_stage=stage, lr_multipliers=multipliers),
                 evaluate_fn=_accuracy(data)).train()
     assert json.loads((tmp_path / "b/checkpoints/latest.json").read_text())["global_step"] == 10
 
     resumed = _model()
-    result = Trainer(resumed, _loss, data, _config(tmp_path, "b", zero_stage=stage, resume=True),
+    result = Trainer(resumed, _loss, data,
+                     _config(tmp_path, "b", zero_stage=stage, resume=True, lr_multipliers=multipliers),
                      evaluate_fn=_accuracy(data)).train()
     assert result.global_step == 3 * N_EXAMPLES // 4
     expected, got = _params(reference), _params(resumed)
@@ -124,6 +126,36 @@ def test_only_trainable_parameters_reach_the_optimizer(tmp_path):
     in_optimizer = {id(p) for group in trainer.engine.optimizer.param_groups for p in group["params"]}
     trainable = {id(p) for p in model.parameters() if p.requires_grad}
     assert in_optimizer == trainable
+
+
+@pytest.mark.parametrize("stage", [0, 2])
+def test_lr_multipliers_scale_the_first_adam_step_of_matching_parameters(tmp_path, stage):
+    # Adam's first step moves every weight by lr * g / (|g| + eps), i.e. by the learning rate itself
+    data = _data()
+    before, model = _params(_model(dropout=0.0)), _model(dropout=0.0)
+    config = _config(tmp_path, "mult", max_steps=1, warmup_ratio=0.0, learning_rate=1e-2, zero_stage=stage,
+                     lr_multipliers="3.*=10, 0.weight=0.5", save_checkpoints=False)
+    trainer = Trainer(model, _loss, data, config)
+    trainer.train()
+    moved = {name: (param.detach() - before[name]).abs() for name, param in model.named_parameters()}
+    for name, factor in {"0.weight": 0.5, "3.weight": 10.0, "3.bias": 10.0}.items():
+        torch.testing.assert_close(moved[name].median().item(), 1e-2 * factor, rtol=1e-3, atol=0, msg=name)
+    assert torch.equal(moved["0.bias"], torch.zeros_like(moved["0.bias"]))  # frozen: in no group
+    assert trainer.engine.get_lr()[0] == 0.0  # group 0 is the plain rate, decayed to 0 after the only step
+    rates = sorted(group["initial_lr"] for group in trainer.engine.optimizer.param_groups)
+    assert rates == [5e-3, 1e-1, 1e-1]  # 0.weight; 3.weight and 3.bias (a decay and a no-decay group)
+
+
+def test_lr_multipliers_refuse_bad_entries_and_patterns_that_match_nothing(tmp_path):
+    for text in ("3.weight", "3.*=0", "3.*=fast", "=2", "3.*=nan"):
+        with pytest.raises(TrainerConfigError, match="--lr-multipliers entry"):
+            TrainerConfig(lr_multipliers=text)
+    config = _config(tmp_path, "nomatch", lr_multipliers="head*=10")
+    with pytest.raises(TrainerConfigError, match=r"'head\*' match no trainable parameter.*0\.weight"):
+        Trainer(_model(), _loss, _data(), config).train()
+    frozen_only = _config(tmp_path, "frozen", lr_multipliers="0.bias=10")  # frozen parameters do not count
+    with pytest.raises(TrainerConfigError, match="match no trainable parameter"):
+        Trainer(_model(), _loss, _data(), frozen_only).train()
 
 
 def test_early_stopping_and_best_checkpoint(tmp_path):
