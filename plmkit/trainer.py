@@ -313,6 +313,9 @@ class Trainer:
             factor = next((f for pattern, f in rules if fnmatch.fnmatchcase(name, pattern)), 1.0)
             groups.setdefault((factor, _no_decay(name, param)), []).append(param)
         order = sorted(groups, key=lambda key: (key[0] != 1.0, key[0], key[1]))
+        # What a checkpoint's optimiser state must match to load (see _resume).
+        self._group_layout = [{"lr_factor": key[0], "weight_decay": 0.0 if key[1] else cfg.weight_decay,
+                               "numel": sum(p.numel() for p in groups[key])} for key in order]
         return torch.optim.AdamW(
             [{"params": groups[key], "lr": cfg.learning_rate * key[0],
               "weight_decay": 0.0 if key[1] else cfg.weight_decay} for key in order],
@@ -563,6 +566,7 @@ class Trainer:
         ckpt.save_rng(incoming / tag / f"rng_rank{dist.rank()}.json")
         dist.barrier()
         if dist.is_main_process():
+            atomic_write_json(incoming / tag / "optimizer_groups.json", self._group_layout)
             if final.exists():
                 shutil.rmtree(final)
             os.replace(incoming / tag, final)
@@ -596,6 +600,7 @@ class Trainer:
                 f"{latest} has no {rng_file.name}: it was written by fewer processes than this run has, or "
                 "by an older plmkit; resume with the same number of processes, or start afresh"
             )
+        self._check_group_layout(latest)
         with ckpt.weights_only_loading():
             _, client = self.engine.load_checkpoint(str(self.checkpoint_root), tag=latest.name,
                                                     load_module_strict=False)
@@ -612,6 +617,19 @@ class Trainer:
             self._best_in_memory = load_file(str(best))
         logger.info("resumed from %s at step %d", latest, state["global_step"])
         return state
+
+    def _check_group_layout(self, latest: Path) -> None:
+        """Refuse a checkpoint whose optimiser groups differ from this run's: torch would fail deep inside on
+        another group count, and silently keep the checkpoint's rates on the same count."""
+        saved_file = latest / "optimizer_groups.json"
+        if not saved_file.exists():  # written by an older plmkit
+            return
+        saved = json.loads(saved_file.read_text())
+        if saved != self._group_layout:
+            raise TrainerConfigError(
+                f"{latest} was trained with optimiser groups {saved}; this run's settings give "
+                f"{self._group_layout}. --lr-multipliers, --weight-decay or the trainable parameters differ: "
+                "resume with the checkpoint's settings, or start afresh in another output folder")
 
     # --------------------------------------------------------------- output
     def _progress_bar(self, total: int, initial: int):

@@ -91,6 +91,17 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, stage, multipliers):
     assert torch.equal(resumed[0].bias, _model()[0].bias)  # frozen stays frozen
 
 
+@pytest.mark.parametrize("changed", ["", "3.*=20"])
+def test_resume_refuses_a_checkpoint_trained_with_other_learning_rate_factors(tmp_path, changed):
+    """Another group count would fail inside torch; the same count would silently keep the old rates."""
+    data = _data()
+    Trainer(_model(), _loss, data, _config(tmp_path, "a", lr_multipliers="3.*=10"),
+            evaluate_fn=_accuracy(data)).train()
+    with pytest.raises(TrainerConfigError, match="optimiser groups"):
+        Trainer(_model(), _loss, data, _config(tmp_path, "a", resume=True, lr_multipliers=changed),
+                evaluate_fn=_accuracy(data)).train()
+
+
 def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(tmp_path):
     data = _data()
     calls = {"n": 0}
