@@ -27,13 +27,13 @@ from plmkit.compress.mpo_io import LoadedMPOModel, export_dense, save_mpo_model
 from plmkit.compress.mpo_linear import FACTORED_PENALTY
 from plmkit.compress.mpo_model import MPOConfig, attach_mpo, count_parameters, mpo_layers
 from plmkit.errors import ConfigError
-from plmkit.jobs import DataArgs, finetune_and_evaluate
+from plmkit.jobs import DataArgs, finetune_and_evaluate, open_task_job
 from plmkit.losses import DistillationLoss
 from plmkit.models import build_classifier
 from plmkit.report import plot_heatmap
-from plmkit.runs import RunFolder, environment
+from plmkit.runs import RunFolder
 from plmkit.textclf import TaskData
-from plmkit.trainer import TrainerConfig, seed_everything
+from plmkit.trainer import TrainerConfig
 
 logger = logging.getLogger("plmkit")
 COMPRESS_FROM = ("finetuned", "pretrained")
@@ -131,15 +131,9 @@ def _compressed_model(setup: CompressSetup, dense: nn.Module, num_labels: int | 
 def compress_mpo(setup: CompressSetup, config: MPOConfig, trainer: TrainerConfig, run: RunFolder) -> dict[str, Any]:
     """Compress ``setup.model`` with ``config``; fine-tune and evaluate when a task is given."""
     started = time.perf_counter()
-    seed_everything(trainer.seed)
-    task = setup.load(setup.task) if setup.task else None
-    backbone = load_encoder(setup.backbone)
-    run.write_json("config.json", {"job": "compress mpo", "setup": asdict(setup), "mpo": asdict(config),
-                                   "trainer": asdict(trainer), "backbone": backbone.signature(),
-                                   "task": task.describe() if task else None, "environment": environment()})
+    task, backbone, data = open_task_job("compress mpo", setup, trainer, run, mpo=config)
     metrics: dict[str, Any] = {"model": backbone.name, "task": task.name if task else None,
                                "metric": task.metric if task else None}
-    data = TaskData(task, backbone.tokenizer, setup.max_length, model_config=backbone.config) if task else None
     dense = _dense_reference(setup, backbone, data, trainer, run, metrics)
     model = _compressed_model(setup, dense, task.num_labels if task else None)
     handle = attach_mpo(model, config)
@@ -281,13 +275,7 @@ def _init_deviation(backbone, data: TaskData, deep: nn.Module, config: DeepMPOCo
 def deep_mpo(setup: DeepSetup, config: DeepMPOConfig, trainer: TrainerConfig, run: RunFolder) -> dict[str, Any]:
     """Grow a deep MPO encoder from ``setup.model``, fine-tune it on ``setup.task`` and compare."""
     started = time.perf_counter()
-    seed_everything(trainer.seed)
-    task = setup.load(setup.task)
-    backbone = load_encoder(setup.backbone)
-    run.write_json("config.json", {"job": "compress mpo-deep", "setup": asdict(setup), "deep": asdict(config),
-                                   "trainer": asdict(trainer), "backbone": backbone.signature(),
-                                   "task": task.describe(), "environment": environment()})
-    data = TaskData(task, backbone.tokenizer, setup.max_length, model_config=backbone.config)
+    task, backbone, data = open_task_job("compress mpo-deep", setup, trainer, run, deep=config)
     deep = build_deep_mpo(backbone.model, config)
     metrics: dict[str, Any] = {"model": backbone.name, "task": task.name, "metric": task.metric,
                                "report": deep.report,

@@ -29,22 +29,22 @@ from torch import nn
 
 from plmkit import distributed
 from plmkit.anatomy import locate
-from plmkit.backbones import DEFAULT_ENCODER, load_encoder
+from plmkit.backbones import DEFAULT_ENCODER
 from plmkit.compress.jobs import forward_latency_ms, latency_batch
 from plmkit.compress.ode import ODEClassifier, ODEConfig, parse_steps, trajectory_distillation
 from plmkit.compress.ode_build import build_ode_encoder, save_ode_model
 from plmkit.errors import ConfigError
 from plmkit.flops import count_flops
 from plmkit.io import save_tensors_atomic
-from plmkit.jobs import DataArgs, finetune_and_evaluate
+from plmkit.jobs import DataArgs, finetune_and_evaluate, open_task_job
 from plmkit.layers import keep_layers
 from plmkit.losses import DistillationLoss
 from plmkit.metrics import compute_metrics
 from plmkit.models import build_classifier
 from plmkit.report import plot_labelled_lines
-from plmkit.runs import RunFolder, environment
+from plmkit.runs import RunFolder
 from plmkit.textclf import TaskData
-from plmkit.trainer import TrainerConfig, parse_lr_multipliers, seed_everything
+from plmkit.trainer import TrainerConfig, parse_lr_multipliers
 
 logger = logging.getLogger("plmkit")
 
@@ -232,13 +232,7 @@ def _dense(dense: nn.Module, setup: ODESetup, data: TaskData, trainer: TrainerCo
 def ode_compress(setup: ODESetup, config: ODEConfig, trainer: TrainerConfig, run: RunFolder) -> dict[str, Any]:
     """Build, train and measure the shared ODE model on ``setup.task``; compare with layer dropping."""
     started = time.perf_counter()
-    seed_everything(trainer.seed)
-    task = setup.load(setup.task)
-    backbone = load_encoder(setup.backbone)
-    run.write_json("config.json", {"job": "compress ode", "setup": asdict(setup), "ode": asdict(config),
-                                   "trainer": asdict(trainer), "backbone": backbone.signature(),
-                                   "task": task.describe(), "environment": environment()})
-    data = TaskData(task, backbone.tokenizer, setup.max_length, backbone.model.config)
+    task, backbone, data = open_task_job("compress ode", setup, trainer, run, ode=config)
     metric = task.metric
     dense = build_classifier(backbone.model, task.num_labels, pooling=setup.pooling)
     metrics: dict[str, Any] = {"model": backbone.name, "task": task.name, "metric": metric}

@@ -94,6 +94,31 @@ def finetune_and_evaluate(model: Any, data: Any, trainer: Any, folder: str | Pat
             "test": data.evaluate(model, "test")}
 
 
+def open_task_job(job: str, setup: Any, trainer: Any, run: Any, **sections: Any) -> tuple[Any, Any, Any]:
+    """The start a single-task job shares: seed, load ``setup.task`` and the encoder ``setup.backbone``,
+    write ``config.json`` (the job, its setup, ``sections`` such as the method's config, the trainer,
+    backbone, task and environment; a resumed run's settings are compared there) and tokenise the task.
+
+    Returns ``(task, backbone, data)``; task and data are None when the setup names no task.
+    """
+    from dataclasses import asdict
+
+    from plmkit.backbones import load_encoder
+    from plmkit.runs import environment
+    from plmkit.textclf import TaskData
+    from plmkit.trainer import seed_everything
+
+    seed_everything(trainer.seed)
+    task = setup.load(setup.task) if setup.task else None
+    backbone = load_encoder(setup.backbone)
+    run.write_json("config.json", {"job": job, "setup": asdict(setup),
+                                   **{name: asdict(value) for name, value in sections.items()},
+                                   "trainer": asdict(trainer), "backbone": backbone.signature(),
+                                   "task": task.describe() if task else None, "environment": environment()})
+    data = TaskData(task, backbone.tokenizer, setup.max_length, model_config=backbone.config) if task else None
+    return task, backbone, data
+
+
 def run_job(args: argparse.Namespace, job: str, label: str, work: Callable[[Any, Any], dict[str, Any]],
             summary: Callable[[dict[str, Any], Path], None] | None = None,
             trainer_defaults: dict[str, Any] | None = None) -> int:
