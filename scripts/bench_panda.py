@@ -172,10 +172,17 @@ def _report(args: argparse.Namespace) -> None:
         raise SystemExit(f"--report: the files were measured with different {', '.join(differ)}; "
                          "merge only files of one setting")
     metric = runs[0].get("metric", LEGACY["metric"])
-    versions = [p["versions"] for p in parts if "versions" in p]
-    if len({json.dumps(v, sort_keys=True) for v in versions}) > 1:  # pairs stay comparable within themselves
-        print(f"--report: the files were measured with different library versions ({versions}); "
+    # one run's file records a dict, a merged file the list of its parts' dicts (as with "args")
+    recorded = [p.get("versions") or [] for p in parts]
+    versions = [v for r in recorded for v in (r if isinstance(r, list) else [r])]
+    distinct = list({json.dumps(v, sort_keys=True): v for v in versions}.values())
+    if len(distinct) > 1:  # pairs stay comparable within themselves
+        print(f"--report: the files were measured with different library versions ({distinct}); "
               "compare methods within a pair, not scores across files", flush=True)
+    unrecorded = [f for f, r in zip(args.report, recorded, strict=True) if not r]
+    if unrecorded and versions:
+        print(f"--report: {', '.join(unrecorded)} record(s) no library versions; merged as if measured with "
+              f"{distinct}", flush=True)
     out = {"args": runs, "versions": versions, "pairs": pairs,
            "metric_validation": [_spearman(t, [r for r in pairs if r["target"] == t], metric) for t in targets],
            "partial": any(p.get("partial") for p in parts), "wall_time_s": sum(p["wall_time_s"] for p in parts)}

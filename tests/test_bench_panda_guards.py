@@ -47,3 +47,21 @@ def test_report_refuses_files_of_different_settings(bench, monkeypatch, tmp_path
     with pytest.raises(SystemExit, match="different seeds"):
         bench.main()
     assert not (tmp_path / "m.json").exists()
+
+
+def test_report_flattens_the_versions_of_merged_files_and_names_files_without_any(bench, monkeypatch, tmp_path,
+                                                                                   capsys):
+    args, mine = _args(bench, monkeypatch), bench._versions()
+    contents = {"old": {"args": args, "pairs": []},
+                "run": {"args": args, "versions": mine, "pairs": []},
+                "merged": {"args": [args, args], "versions": [mine, mine], "pairs": []}}
+    files = []
+    for name, content in contents.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps({**content, "wall_time_s": 1.0}))
+        files.append(str(tmp_path / f"{name}.json"))
+    monkeypatch.setattr(sys, "argv", ["bench_panda.py", "--report", *files, "--out", str(tmp_path / "m.json")])
+    bench.main()
+    said = capsys.readouterr().out
+    assert "different library versions" not in said  # one version set, however the files nest it
+    assert "old.json record(s) no library versions" in said
+    assert json.loads((tmp_path / "m.json").read_text())["versions"] == [mine, mine, mine]
