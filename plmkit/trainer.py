@@ -313,13 +313,13 @@ class Trainer:
             factor = next((f for pattern, f in rules if fnmatch.fnmatchcase(name, pattern)), 1.0)
             groups.setdefault((factor, _no_decay(name, param)), []).append(param)
         order = sorted(groups, key=lambda key: (key[0] != 1.0, key[0], key[1]))
+        param_groups = [{"params": groups[key], "lr": cfg.learning_rate * key[0],
+                         "weight_decay": 0.0 if key[1] else cfg.weight_decay} for key in order]
         # What a checkpoint's optimiser state must match to load (see _resume).
-        self._group_layout = [{"lr_factor": key[0], "weight_decay": 0.0 if key[1] else cfg.weight_decay,
-                               "numel": sum(p.numel() for p in groups[key])} for key in order]
-        return torch.optim.AdamW(
-            [{"params": groups[key], "lr": cfg.learning_rate * key[0],
-              "weight_decay": 0.0 if key[1] else cfg.weight_decay} for key in order],
-            lr=cfg.learning_rate)
+        self._group_layout = [{"lr_factor": key[0], "weight_decay": group["weight_decay"],
+                               "numel": sum(p.numel() for p in group["params"])}
+                              for key, group in zip(order, param_groups, strict=True)]
+        return torch.optim.AdamW(param_groups, lr=cfg.learning_rate)
 
     def deepspeed_config(self, world: int) -> dict[str, Any]:
         cfg = self.config
