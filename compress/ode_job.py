@@ -41,10 +41,11 @@ from plmkit.layers import keep_layers
 from plmkit.losses import DistillationLoss
 from plmkit.metrics import compute_metrics
 from plmkit.models import build_classifier
+from plmkit.optim import parse_lr_multipliers
 from plmkit.report import plot_labelled_lines
 from plmkit.runs import RunFolder
 from plmkit.textclf import TaskData
-from plmkit.trainer import TrainerConfig, parse_lr_multipliers
+from plmkit.trainer import TrainerConfig
 
 logger = logging.getLogger("plmkit")
 

@@ -17,3 +17,7 @@ class PlmkitError(ValueError):
 
 class ConfigError(PlmkitError):
     """A setting (config field or CLI flag) that cannot work."""
+
+
+class TrainerConfigError(ConfigError):
+    """A trainer setting that cannot work, with the fix in the message."""

@@ -9,7 +9,8 @@ rank-aware sampling, evaluation, early stopping, atomic checkpoints, exact resum
 
 Losses follow :mod:`plmkit.losses` (a tensor, or named terms whose ``"loss"`` is the total; every term
 is logged as a running mean); evaluators follow :mod:`plmkit.evaluation` (the best checkpoint is
-selected on ``metric``, else on the evaluator's declared primary metric).
+selected on ``metric``, else on the evaluator's declared primary metric); the optimiser's groups and
+the learning-rate schedule come from :mod:`plmkit.optim`.
 
 Checkpoints are read back without executing anything (:mod:`plmkit.checkpoints`): RNG states in JSON,
 DeepSpeed's files through the weights-only unpickler. A checkpoint counts as good only when its
@@ -22,7 +23,6 @@ Launch: one process on CPU (gloo) or one GPU needs no launcher; ``deepspeed --nu
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import logging
 import math
@@ -42,10 +42,11 @@ from torch.utils.data import DataLoader
 
 from plmkit import checkpoints as ckpt
 from plmkit import distributed as dist
-from plmkit.errors import ConfigError, PlmkitError
+from plmkit.errors import PlmkitError, TrainerConfigError
 from plmkit.evaluation import selection
 from plmkit.io import atomic_write_json, save_tensors_atomic
 from plmkit.losses import total_and_terms
+from plmkit.optim import linear_schedule, param_groups, parse_lr_multipliers
 
 logger = logging.getLogger(__name__)
 
@@ -79,10 +80,6 @@ _INTEGER_FIELDS = ("epochs", "max_steps", "batch_size", "grad_accum_steps", "eva
 
 class NonFiniteLossError(PlmkitError, RuntimeError):
     """Raised when the loss (or the weights) become NaN or infinite; the last good checkpoint is kept."""
-
-
-class TrainerConfigError(ConfigError):
-    """A trainer setting that cannot work, with the fix in the message."""
 
 
 @dataclass
@@ -160,24 +157,6 @@ class TrainerConfig:
         parse_lr_multipliers(self.lr_multipliers)
 
 
-def parse_lr_multipliers(text: str, flag: str = "--lr-multipliers") -> list[tuple[str, float]]:
-    """``'*corr*=10, head.*=2'`` -> ``[('*corr*', 10.0), ('head.*', 2.0)]``; one error line naming ``flag``
-    for a bad entry."""
-    rules = []
-    for entry in filter(None, (part.strip() for part in text.split(","))):
-        pattern, sep, value = (part.strip() for part in entry.rpartition("="))
-        try:
-            factor = float(value)
-        except ValueError:
-            factor = math.nan
-        if not sep or not pattern or not math.isfinite(factor) or factor <= 0:
-            raise TrainerConfigError(
-                f"{flag} entry {entry!r} is not PATTERN=FACTOR with a glob pattern and a finite factor > 0 "
-                "(e.g. '*time_corrections*=10')")
-        rules.append((pattern, factor))
-    return rules
-
-
 def _check_number(name: str, value: Any) -> None:
     """One ``ConfigError`` line naming the flag when a numeric setting is not a sane finite number."""
     low, high, low_ok, none_ok = _NUMERIC_RANGES[name]
@@ -223,23 +202,6 @@ def move_to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, (list, tuple)):
         return type(batch)(move_to_device(value, device) for value in batch)
     return batch
-
-
-def _no_decay(name: str, param: nn.Parameter) -> bool:
-    """Biases, norms and gains (multiplicative, centred on 1: decay toward 0 would switch them off)."""
-    lowered = name.lower()
-    return param.ndim <= 1 or lowered.endswith("bias") or "norm" in lowered or "gain" in lowered
-
-
-def linear_schedule(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
-    """Linear warm-up to the peak learning rate, then linear decay to zero at ``total_steps``."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / max(1, warmup_steps)
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
-
-    return factor
 
 
 class Trainer:
@@ -295,31 +257,11 @@ class Trainer:
         return micro_per_epoch
 
     def _optimizer(self) -> torch.optim.Optimizer:
-        """AdamW over the trainable parameters, one group per (weight decay on/off, learning-rate factor).
-
-        Groups at the plain rate come first, so the logged rate (group 0's) is the schedule's own.
-        """
+        """AdamW over the trainable parameters, grouped by :func:`plmkit.optim.param_groups`."""
         cfg = self.config
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-        rules = parse_lr_multipliers(cfg.lr_multipliers)
-        unmatched = [pattern for pattern, _ in rules if not any(fnmatch.fnmatchcase(n, pattern) for n, _ in named)]
-        if unmatched:
-            shown = ", ".join(n for n, _ in named[:6]) + (", ..." if len(named) > 6 else "")
-            raise TrainerConfigError(
-                f"--lr-multipliers pattern(s) {', '.join(map(repr, unmatched))} match no trainable parameter; "
-                f"the names look like: {shown} (globs match whole names: use '*part*')")
-        groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
-        for name, param in named:
-            factor = next((f for pattern, f in rules if fnmatch.fnmatchcase(name, pattern)), 1.0)
-            groups.setdefault((factor, _no_decay(name, param)), []).append(param)
-        order = sorted(groups, key=lambda key: (key[0] != 1.0, key[0], key[1]))
-        param_groups = [{"params": groups[key], "lr": cfg.learning_rate * key[0],
-                         "weight_decay": 0.0 if key[1] else cfg.weight_decay} for key in order]
-        # What a checkpoint's optimiser state must match to load (see _resume).
-        self._group_layout = [{"lr_factor": key[0], "weight_decay": group["weight_decay"],
-                               "numel": sum(p.numel() for p in group["params"])}
-                              for key, group in zip(order, param_groups, strict=True)]
-        return torch.optim.AdamW(param_groups, lr=cfg.learning_rate)
+        groups, self._group_layout = param_groups(named, cfg.learning_rate, cfg.weight_decay, cfg.lr_multipliers)
+        return torch.optim.AdamW(groups, lr=cfg.learning_rate)  # _group_layout: what a checkpoint must match
 
     def deepspeed_config(self, world: int) -> dict[str, Any]:
         cfg = self.config

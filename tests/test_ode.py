@@ -451,9 +451,9 @@ def test_step_gains_scale_each_step_of_their_count_and_train_only_when_drawn(mak
     model.set_steps(4).zero_grad()
     model(ids, mask).sum().backward()
     assert encoder.step_gains["4"].grad.abs().sum() > 0 and encoder.step_gains["2"].grad is None
-    from plmkit.trainer import _no_decay
+    from plmkit.optim import no_decay
 
-    assert all(_no_decay(n, p) for n, p in model.named_parameters() if "step_gains" in n)  # centred on 1, not 0
+    assert all(no_decay(n, p) for n, p in model.named_parameters() if "step_gains" in n)  # centred on 1, not 0
     save_ode_model(tmp_path / "m", model, make_encoder("bert").tokenizer)
     loaded = load_ode_model(tmp_path / "m", steps=2)
     with torch.no_grad():
@@ -532,9 +532,9 @@ def test_step_norms_modulate_each_steps_pre_norms_and_train_only_when_drawn(make
     model.set_steps(4).zero_grad()
     model(ids, mask).sum().backward()
     assert encoder.step_norms["4"].grad.abs().sum() > 0 and encoder.step_norms["2"].grad is None
-    from plmkit.trainer import _no_decay
+    from plmkit.optim import no_decay
 
-    assert all(_no_decay(n, p) for n, p in model.named_parameters() if "step_norms" in n)  # scales centred on 1
+    assert all(no_decay(n, p) for n, p in model.named_parameters() if "step_norms" in n)  # scales centred on 1
     # the job counts FLOPs of every row (module hooks see the modulation)
     from plmkit.flops import count_flops
 
